@@ -1,0 +1,60 @@
+# foundry_ext: `make demo` and `make test` work on a fresh machine with python3, pip and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export WANDB_MODE := offline
+export TOKENIZERS_PARALLELISM := false
+export PYTHONDONTWRITEBYTECODE := 1
+
+CORPUS_MB ?= 8
+DATA      ?= data
+
+.PHONY: venv data demo test test-fast bench lock clean clean-data
+
+venv: $(STAMP)
+
+# Rebuilt from scratch whenever the lock (or the package metadata) changes; never resolves.
+$(STAMP): requirements.lock pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+# Regenerate the lock after editing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 -o requirements.lock
+
+$(DATA)/corpus/manifest.json: | $(STAMP)
+	$(BIN)/python -m foundry_ext corpus --out $(DATA)/corpus --size_mb $(CORPUS_MB) --overwrite
+
+$(DATA)/tokenizer/tokenizer.json: $(DATA)/corpus/manifest.json
+	$(BIN)/python -m foundry_ext tokenizer --corpus $(DATA)/corpus --out $(DATA)/tokenizer --vocab_size 4096 --overwrite
+
+$(DATA)/mds/stats.json: $(DATA)/tokenizer/tokenizer.json
+	$(BIN)/python data_prep/convert_text_to_mds.py --input $(DATA)/corpus --tokenizer $(DATA)/tokenizer \
+		--out $(DATA)/mds --concat_tokens 128 --overwrite
+
+data: $(DATA)/mds/stats.json
+
+demo: $(STAMP) data
+	$(BIN)/composer scripts/train.py yamls/pretrain/tiny-cpu.yaml run_name=demo
+	$(BIN)/python -m foundry_ext report runs/demo
+	@echo "demo finished: report at runs/demo/report.md (loss curve runs/demo/loss_curve.png)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# Unit tests only (skips the end-to-end training runs).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean-data:
+	rm -rf $(DATA) runs
+
+clean: clean-data
+	rm -rf $(VENV)

@@ -1,0 +1,70 @@
+"""`python -m foundry_ext <verb>`: corpus, tokenizer, report."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from foundry_ext.errors import UserError, exit_with
+
+
+def _corpus(a: argparse.Namespace) -> None:
+    from foundry_ext.data.corpus import build_corpus
+    m = build_corpus(a.out, size_mb=a.size_mb, seed=a.seed, mix=a.mix, val_fraction=a.val_fraction,
+                     overwrite=a.overwrite)
+    for d, s in m['domains'].items():
+        print(f"{d:>10}: train {s['train']['docs']:>6} docs {s['train']['bytes'] / 1e6:7.2f} MB | "
+              f"val {s['val']['docs']:>5} docs {s['val']['bytes'] / 1e6:6.2f} MB  {s.get('note', '')}")
+    print(f'corpus written to {a.out}')
+
+
+def _tokenizer(a: argparse.Namespace) -> None:
+    from foundry_ext.data.corpus import iter_texts, list_domains
+    from foundry_ext.data.tokenizer import train_tokenizer
+    list_domains(a.corpus)
+    train_tokenizer(iter_texts(a.corpus, 'train'), a.out, vocab_size=a.vocab_size,
+                    max_train_mb=a.max_train_mb, overwrite=a.overwrite)
+    print(f'tokenizer ({a.vocab_size} tokens) written to {a.out}')
+
+
+def _report(a: argparse.Namespace) -> None:
+    from foundry_ext.report import write_report
+    path = write_report(a.run_dir, mds_root=a.mds)
+    print(f'report: {path}')
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog='python -m foundry_ext')
+    sub = p.add_subparsers(dest='verb', required=True)
+
+    c = sub.add_parser('corpus', help='build the embedded multi-domain corpus (offline, deterministic)')
+    c.add_argument('--out', required=True)
+    c.add_argument('--size_mb', type=float, default=8.0, help='total size over all domains (default 8)')
+    c.add_argument('--seed', type=int, default=17)
+    c.add_argument('--mix', default=None, help='domain fractions, e.g. code=0.4,prose=0.3,arithmetic=0.15,records=0.15')
+    c.add_argument('--val_fraction', type=float, default=0.05)
+    c.add_argument('--overwrite', action='store_true')
+    c.set_defaults(fn=_corpus)
+
+    t = sub.add_parser('tokenizer', help='train a byte-level BPE tokenizer on a corpus folder')
+    t.add_argument('--corpus', required=True)
+    t.add_argument('--out', required=True)
+    t.add_argument('--vocab_size', type=int, default=4096)
+    t.add_argument('--max_train_mb', type=float, default=32.0)
+    t.add_argument('--overwrite', action='store_true')
+    t.set_defaults(fn=_tokenizer)
+
+    r = sub.add_parser('report', help='markdown + loss-curve PNG for a training run folder')
+    r.add_argument('run_dir')
+    r.add_argument('--mds', default=None, help='MDS root, for the unigram baselines')
+    r.set_defaults(fn=_report)
+
+    a = p.parse_args(argv)
+    try:
+        a.fn(a)
+    except UserError as e:
+        return exit_with(e)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

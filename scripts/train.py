@@ -1,0 +1,10 @@
+"""Train: `composer scripts/train.py <yaml> [key=value ...]` (or `python scripts/train.py ...`)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from foundry_ext.train import main  # noqa: E402
+
+if __name__ == '__main__':
+    sys.exit(main())
