@@ -1,0 +1,1 @@
+"""Data: embedded corpus, tokenizer training, text -> MDS, the corpus dataloader."""
