@@ -8,80 +8,31 @@ Output: ``out/<domain>/<split>/`` (MDS, column ``tokens``: ``ndarray:uint16`` or
 exactly ``concat_tokens`` long, EOS after every document), read by LLM Foundry's ``text``
 loader as ``dataset: {local: out/<domain>, split: <split>}``; ``out/stats.json`` with
 counts, and ``out/<domain>/<split>.token_counts.npy`` (unigram counts, for baselines).
+
+The work is done by ``foundry_ext.data.pipeline`` (parallel, curated, deterministic);
+this module keeps the corpus-folder layout, the tokenizer loading and the baselines.
 """
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from foundry_ext.atomic import atomic_dir
+from foundry_ext.data.sources import TEXT_SUFFIXES, Source, is_jsonl_file, is_text_file  # noqa: F401
 from foundry_ext.errors import UserError
 
-TEXT_SUFFIXES = {'.txt', '.md', '.py', '.rst', '.json', '.csv', '.html', '.tex', '.c', '.h', '.js'}
 SPLITS = ('train', 'val', 'test')
 
 
-class _DecodeCounter:
-    def __init__(self, errors: str):
-        if errors not in ('strict', 'replace', 'skip'):
-            raise UserError(f"--encoding_errors must be strict, replace or skip, got {errors!r}")
-        self.errors = errors
-        self.replaced = 0
-        self.skipped = 0
-
-    def decode(self, raw: bytes, where: str) -> str | None:
-        try:
-            return raw.decode('utf-8')
-        except UnicodeDecodeError as e:
-            if self.errors == 'strict':
-                raise UserError(f'{where} is not valid UTF-8 (byte {e.start}); pass '
-                                '--encoding_errors replace (or skip) to convert it anyway') from None
-            if self.errors == 'skip':
-                self.skipped += 1
-                return None
-            self.replaced += 1
-            return raw.decode('utf-8', errors='replace')
-
-
-def _open_bytes(path: Path):
-    return gzip.open(path, 'rb') if path.suffix == '.gz' else open(path, 'rb')
-
-
 def _is_text_file(p: Path) -> bool:
-    suffix = p.suffixes[-2] if p.suffix == '.gz' and len(p.suffixes) > 1 else p.suffix
-    return p.is_file() and suffix in TEXT_SUFFIXES and not p.name.startswith('.')
-
-
-def _jsonl_docs(path: Path, dec: _DecodeCounter) -> Iterator[str]:
-    with _open_bytes(path) as f:
-        for lineno, raw in enumerate(f, 1):
-            line = dec.decode(raw, f'{path}:{lineno}')
-            if line is None or not line.strip():
-                continue
-            try:
-                text = json.loads(line)['text']
-            except (ValueError, KeyError, TypeError):
-                raise UserError(f'{path}:{lineno} is not a JSON object with a "text" field; '
-                                'fix or remove that line') from None
-            if text:
-                yield text
-
-
-def _file_docs(files: list[Path], dec: _DecodeCounter) -> Iterator[str]:
-    for p in files:
-        with _open_bytes(p) as f:
-            text = dec.decode(f.read(), str(p))
-        if text:
-            yield text
+    return is_text_file(p)
 
 
 def discover(input_dir: Path) -> dict[str, dict[str, list[Path]]]:
     """{domain: {split: [files]}} in a deterministic order."""
+    input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise UserError(f'input folder {input_dir} does not exist; point --input at a corpus folder '
                         '(build one with `python -m foundry_ext corpus`)')
@@ -89,15 +40,15 @@ def discover(input_dir: Path) -> dict[str, dict[str, list[Path]]]:
     for d in sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith('.')):
         splits: dict[str, list[Path]] = {}
         for s in SPLITS:
-            for name in (f'{s}.jsonl', f'{s}.jsonl.gz'):
+            for name in (f'{s}.jsonl', f'{s}.jsonl.gz', f'{s}.jsonl.zst'):
                 if (d / name).is_file():
                     splits.setdefault(s, []).append(d / name)
             if (d / s).is_dir():
-                files = sorted(p for p in (d / s).rglob('*') if _is_text_file(p))
+                files = sorted(p for p in (d / s).rglob('*') if is_text_file(p) or is_jsonl_file(p))
                 if files:
                     splits.setdefault(s, []).extend(files)
         if not splits:
-            files = sorted(p for p in d.rglob('*') if _is_text_file(p))
+            files = sorted(p for p in d.rglob('*') if is_text_file(p))
             if files:
                 splits['train'] = files
         if splits:
@@ -108,29 +59,30 @@ def discover(input_dir: Path) -> dict[str, dict[str, list[Path]]]:
     return plan
 
 
-def _docs(files: list[Path], dec: _DecodeCounter) -> Iterator[str]:
-    for f in files:
-        if f.name.endswith('.jsonl') or f.name.endswith('.jsonl.gz'):
-            yield from _jsonl_docs(f, dec)
-        else:
-            yield from _file_docs([f], dec)
-
-
-def _batched(it: Iterator[str], n: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for x in it:
-        batch.append(x)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def plan_sources(plan: dict[str, dict[str, list[Path]]]) -> list[Source]:
+    """A ``discover`` plan -> engine sources (runs of jsonl / text files kept in order)."""
+    sources: list[Source] = []
+    for domain, splits in plan.items():
+        for split, files in splits.items():
+            for f in files:
+                kind = 'jsonl' if is_jsonl_file(f) else 'text'
+                if sources and sources[-1].kind == kind and sources[-1].domain == domain \
+                        and sources[-1].split == split:
+                    sources[-1].paths.append(f)
+                else:
+                    sources.append(Source(kind, split, domain, [f]))
+    return sources
 
 
 def load_eos(tokenizer_dir: Path):
     """(tokenizers.Tokenizer, eos_id, vocab_size) from a local HF tokenizer folder."""
     from tokenizers import Tokenizer
+    tokenizer_dir = Path(tokenizer_dir)
     tj = tokenizer_dir / 'tokenizer.json'
+    if not tokenizer_dir.exists():
+        raise UserError(f'tokenizer folder {tokenizer_dir} does not exist (no tokenizer.json to load); pass a '
+                        'local Hugging Face tokenizer folder, e.g. one built with '
+                        f'`python -m foundry_ext tokenizer --out {tokenizer_dir}` or saved with save_pretrained')
     if not tj.is_file():
         raise UserError(f'tokenizer folder {tokenizer_dir} has no tokenizer.json; build one with '
                         f'`python -m foundry_ext tokenizer --out {tokenizer_dir}`')
@@ -152,52 +104,21 @@ def load_eos(tokenizer_dir: Path):
 def convert_to_mds(input_dir: str | Path, tokenizer_dir: str | Path, out: str | Path,
                    concat_tokens: int = 128, compression: str | None = None,
                    encoding_errors: str = 'strict', overwrite: bool = False,
-                   batch_docs: int = 512) -> dict:
-    input_dir, tokenizer_dir, out = Path(input_dir), Path(tokenizer_dir), Path(out)
-    if concat_tokens < 2:
-        raise UserError(f'--concat_tokens must be >= 2, got {concat_tokens}')
-    plan = discover(input_dir)
-    tok, eos, vocab = load_eos(tokenizer_dir)
-    dtype = np.uint16 if vocab <= 2**16 else np.uint32
-    from streaming import MDSWriter  # after validation: it imports torch
-    dec = _DecodeCounter(encoding_errors)
-    stats: dict = {'concat_tokens': concat_tokens, 'dtype': np.dtype(dtype).name, 'eos_token_id': eos,
-                   'vocab_size': vocab, 'tokenizer': str(tokenizer_dir), 'domains': {}}
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        for domain, splits in plan.items():
-            stats['domains'][domain] = {}
-            for split, files in splits.items():
-                counts = np.zeros(vocab, dtype=np.int64)
-                docs = samples = 0
-                buf = np.empty(0, dtype=dtype)
-                with MDSWriter(out=str(tmp / domain / split), columns={'tokens': f'ndarray:{np.dtype(dtype).name}'},
-                               compression=compression, size_limit=1 << 26) as writer:
-                    for batch in _batched(_docs(files, dec), batch_docs):
-                        enc = tok.encode_batch(batch, add_special_tokens=False)
-                        parts = [buf]
-                        for e in enc:
-                            parts.append(np.asarray(e.ids, dtype=dtype))
-                            parts.append(np.asarray([eos], dtype=dtype))
-                        buf = np.concatenate(parts)
-                        docs += len(batch)
-                        n_full = len(buf) // concat_tokens
-                        if n_full:
-                            full = buf[:n_full * concat_tokens].reshape(n_full, concat_tokens)
-                            counts += np.bincount(full.ravel(), minlength=vocab)
-                            for row in full:
-                                writer.write({'tokens': row})
-                            samples += n_full
-                            buf = buf[n_full * concat_tokens:].copy()
-                if samples == 0:
-                    raise UserError(f'{domain}/{split} has {len(buf)} tokens, fewer than one sample of '
-                                    f'--concat_tokens {concat_tokens}; add text or lower --concat_tokens')
-                np.save(tmp / domain / f'{split}.token_counts.npy', counts)
-                stats['domains'][domain][split] = {
-                    'files': len(files), 'docs': docs, 'samples': samples,
-                    'tokens': samples * concat_tokens, 'dropped_tail_tokens': int(len(buf))}
-        stats['decode'] = {'mode': encoding_errors, 'replaced_docs': dec.replaced, 'skipped_docs': dec.skipped}
-        (tmp / 'stats.json').write_text(json.dumps(stats, indent=2) + '\n')
-    return stats
+                   batch_docs: int = 512, **options) -> dict:
+    """Convert a corpus folder (layout above) to MDS; returns the ``stats.json`` dict.
+
+    ``options`` are ``pipeline.PrepConfig`` fields: ``num_proc``, ``bos``, ``no_wrap``,
+    ``hashes``, ``strict``, ``quality``, ``exact_dedup``, ``near_dedup``, ...
+    (``batch_docs`` is kept for compatibility; the engine batches by bytes.)
+    """
+    from foundry_ext.data.pipeline import PrepConfig, run
+    cfg = PrepConfig(tokenizer=tokenizer_dir, out=out, concat_tokens=concat_tokens,
+                     compression=compression, encoding_errors=encoding_errors, overwrite=overwrite,
+                     **options)
+    from foundry_ext.data.pipeline import validate
+    validate(cfg)
+    plan = discover(Path(input_dir))
+    return run(plan_sources(plan), cfg)
 
 
 def unigram_cross_entropy(train_counts: np.ndarray, eval_counts: np.ndarray) -> float:
