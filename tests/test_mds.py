@@ -93,7 +93,10 @@ def test_bad_inputs(tmp_path, tiny_tokenizer, tiny_corpus):
         convert_to_mds(tiny_corpus, tmp_path / 'empty', tmp_path / 'o')
     _write(tmp_path / 'j' / 'd', 'train.jsonl', b'{"text": "ok ok ok ok"}\nnot json\n')
     with pytest.raises(UserError, match=r'train\.jsonl:2 is not a JSON object'):
-        convert_to_mds(tmp_path / 'j', tiny_tokenizer, tmp_path / 'o', concat_tokens=2)
+        convert_to_mds(tmp_path / 'j', tiny_tokenizer, tmp_path / 'o', concat_tokens=2, strict=True)
+    # default: the bad line is skipped and counted (with its line number)
+    stats = convert_to_mds(tmp_path / 'j', tiny_tokenizer, tmp_path / 'jo', concat_tokens=2)
+    assert stats['curation']['steps'][0]['dropped'] == 1 and stats['domains']['d']['train']['docs'] == 1
     _write(tmp_path / 's' / 'd', 'train.jsonl', b'{"text": "hi"}\n')
     with pytest.raises(UserError, match='fewer than one sample'):
         convert_to_mds(tmp_path / 's', tiny_tokenizer, tmp_path / 'o', concat_tokens=4096)

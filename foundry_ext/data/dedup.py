@@ -26,7 +26,8 @@ import numpy as np
 
 _WS = re.compile(r'\s+')
 _WORD = re.compile(r'\w+')
-_MERSENNE = np.uint64((1 << 61) - 1)
+_C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
 
 
 def normalize(text: str) -> str:
@@ -68,9 +69,8 @@ class MinHasher:
             bands, rows = optimal_bands(threshold, num_perm)
         self.bands, self.rows = bands, rows
         rng = np.random.Generator(np.random.PCG64(seed))
-        # a, b < 2**31 and x < 2**32: a*x + b < 2**64, so (a*x + b) mod p is exact in uint64.
-        self.a = rng.integers(1, 1 << 31, num_perm, dtype=np.uint64)
-        self.b = rng.integers(0, 1 << 31, num_perm, dtype=np.uint64)
+        # one splitmix64-finalised hash per permutation: h_i(x) = mix(x ^ seed_i)
+        self.seeds = rng.integers(1, 1 << 63, num_perm, dtype=np.uint64)
         self.mix = rng.integers(1, 1 << 63, rows, dtype=np.uint64) | np.uint64(1)
         self.ngram_mult = rng.integers(1, 1 << 63, ngram, dtype=np.uint64) | np.uint64(1)
 
@@ -90,11 +90,15 @@ class MinHasher:
         return np.unique(key)
 
     def signature(self, text: str) -> np.ndarray:
-        x = self.shingles(text) >> np.uint64(32)
+        x = self.shingles(text)
         sig = np.full(self.num_perm, np.iinfo(np.uint64).max, np.uint64)
-        for i in range(0, len(x), 2048):
-            blk = x[i:i + 2048, None]
-            v = (blk * self.a[None, :] + self.b[None, :]) % _MERSENNE
+        for i in range(0, len(x), 1024):
+            v = x[i:i + 1024, None] ^ self.seeds[None, :]
+            v ^= v >> _S30
+            v *= _C1
+            v ^= v >> _S27
+            v *= _C2
+            v ^= v >> _S31
             np.minimum(sig, v.min(axis=0), out=sig)
         return sig
 
