@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 CORPUS_MB ?= 8
 DATA      ?= data
 
-.PHONY: venv data demo test test-fast bench lock clean clean-data
+.PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data
 
 venv: $(STAMP)
 
@@ -52,6 +52,12 @@ test: $(STAMP)
 # Unit tests only (skips the end-to-end training runs).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# data_prep throughput vs LLM Foundry's convert_text_to_mds (same run); BENCH_MB=20 for a quick one.
+BENCH_MB ?= 100
+bench: bench-data-prep
+bench-data-prep: $(STAMP) $(DATA)/tokenizer/tokenizer.json
+	$(BIN)/python bench/data_prep.py --size_mb $(BENCH_MB) --tokenizer $(DATA)/tokenizer
 
 clean-data:
 	rm -rf $(DATA) runs

@@ -180,7 +180,8 @@ def text_file_chunks(src: Source, block_bytes: int, max_doc_bytes: int) -> Itera
     first_name = None
     for path in src.paths:
         with open_bytes(path) as f:
-            data = f.read(max_doc_bytes + 1)
+            plain = path.suffix not in COMPRESSED
+            data = f.read() if plain and path.stat().st_size <= max_doc_bytes else f.read(max_doc_bytes + 1)
             if len(data) <= max_doc_bytes:
                 if first_name is None:
                     first_name = str(path)
@@ -282,6 +283,8 @@ def total_bytes(sources: list[Source]) -> Optional[int]:
         if s.kind == 'records':
             return None
         for p in s.paths:
+            if p.suffix in COMPRESSED:
+                return None
             try:
                 n += p.stat().st_size
             except OSError:
