@@ -524,7 +524,9 @@ def run(sources: list[Source], cfg: PrepConfig, on_progress: Optional[Callable[[
 def _curation_report(c: dict, exact: int, near: int, cfg: PrepConfig, examples: list[str]) -> dict:
     steps = [('bad_records', c.get('bad', 0)), ('non_utf8_skipped', c.get('decode_skipped', 0)),
              ('empty', c.get('empty', 0))]
-    steps += sorted((k, v) for k, v in c.items() if k.startswith('quality:'))
+    rules = cfg.quality.rules() if cfg.quality is not None else []
+    rules += sorted(k[8:] for k in c if k.startswith('quality:') and k[8:] not in rules)
+    steps += [(f'quality:{r}', c.get(f'quality:{r}', 0)) for r in rules]
     if cfg.exact_dedup:
         steps.append(('exact_dedup', exact))
     if cfg.near_dedup:

@@ -72,6 +72,22 @@ class QualityConfig:
             return cls()
         raise UserError(f'--quality {name!r} is not a preset; use gopher (or set single thresholds)')
 
+    def rules(self) -> list[str]:
+        """Names of the enabled rules, in the order ``check`` applies them."""
+        c = self
+        on = {
+            'min_chars': c.min_chars is not None, 'max_chars': c.max_chars is not None,
+            'non_alpha_ratio': c.max_non_alpha_ratio is not None, 'min_words': c.min_words is not None,
+            'max_words': c.max_words is not None,
+            'mean_word_len': c.min_mean_word_len is not None or c.max_mean_word_len is not None,
+            'symbol_ratio': c.max_symbol_ratio is not None, 'alpha_words': c.min_alpha_words is not None,
+            'stop_words': c.min_stop_words is not None, 'bullet_lines': c.max_bullet_lines is not None,
+            'ellipsis_lines': c.max_ellipsis_lines is not None, 'dup_lines': c.max_dup_line_frac is not None,
+            'dup_line_chars': c.max_dup_line_char_frac is not None, 'dup_paras': c.max_dup_para_frac is not None,
+            'dup_para_chars': c.max_dup_para_char_frac is not None, 'top_ngram': bool(c.max_top_ngram_frac),
+            'dup_ngram': bool(c.max_dup_ngram_frac)}
+        return [k for k, v in on.items() if v]
+
     def enabled(self) -> bool:
         return any(v not in (None, {}) for v in asdict(self).values())
 
