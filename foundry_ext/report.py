@@ -45,7 +45,7 @@ def summarize(rows: list[dict]) -> dict:
     return {'train': train, 'eval': evals}
 
 
-def _plot(s: dict, out: Path, title: str) -> None:
+def _plot(s: dict, out: Path, title: str, baselines: dict[str, float]) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -55,7 +55,11 @@ def _plot(s: dict, out: Path, title: str) -> None:
         ax.plot(xs, ys, color='0.6', lw=1, label='train (batch)')
     for label, pts in sorted(s['eval'].items()):
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, marker='o', lw=1.5, label=f'eval {label}')
+        line, = ax.plot(xs, ys, marker='o', lw=1.5, label=f'eval {label}')
+        if label in baselines:
+            ax.axhline(baselines[label], color=line.get_color(), ls=':', lw=1)
+    if any(label in baselines for label in s['eval']):
+        ax.plot([], [], color='0.3', ls=':', lw=1, label='unigram baseline')
     ax.set_xlabel('batch')
     ax.set_ylabel('cross-entropy (nats/token)')
     ax.set_title(title)
@@ -87,7 +91,7 @@ def write_report(run_dir: str | Path, mds_root: str | Path | None = None) -> Pat
         from foundry_ext.data.mds import unigram_baselines
         baselines = unigram_baselines(mds_root)
 
-    _plot(s, run / 'loss_curve.png', f'{run.name}: loss')
+    _plot(s, run / 'loss_curve.png', f'{run.name}: loss', baselines)
     lines = [f'# Run report: {run.name}', '']
     if s['train']:
         (s0, l0), (s1, l1) = s['train'][0], s['train'][-1]
