@@ -7,7 +7,6 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE := offline
 export TOKENIZERS_PARALLELISM := false
-export PYTHONDONTWRITEBYTECODE := 1
 
 CORPUS_MB ?= 8
 DATA      ?= data
