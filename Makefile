@@ -12,7 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 CORPUS_MB ?= 8
 DATA      ?= data
 
-.PHONY: venv data demo test test-fast bench lock clean clean-data
+.PHONY: venv data demo test test-fast bench bench-mfu lock clean clean-data
 
 venv: $(STAMP)
 
@@ -52,6 +52,11 @@ test: $(STAMP)
 # Unit tests only (skips the end-to-end training runs).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# MFU callback overhead as a fraction of step time (CPU, same run).
+bench-mfu: $(STAMP)
+	$(BIN)/python bench/mfu_overhead.py
+bench: bench-mfu
 
 clean-data:
 	rm -rf $(DATA) runs

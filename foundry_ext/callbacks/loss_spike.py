@@ -129,8 +129,9 @@ class LossSpikeGuard(Callback):
     def after_backward(self, state: State, logger: Logger) -> None:
         if self._samples < self._batch_samples:
             return  # not the last microbatch: gradients are not complete yet
-        sq = [p.grad.detach().float().pow(2).sum() for p in _params(state) if p.grad is not None]
-        self._gsq = torch.stack(sq).sum() if sq else None
+        grads = [p.grad.detach() for p in _params(state) if p.grad is not None]
+        # one fused kernel per dtype/device group, as clip_grad_norm_ does; no host sync here
+        self._gsq = torch.stack(torch._foreach_norm(grads)).float().pow(2).sum() if grads else None
 
     # ------------------------------------------------------------------------------ decide
     def after_train_batch(self, state: State, logger: Logger) -> None:
