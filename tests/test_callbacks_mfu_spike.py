@@ -96,13 +96,9 @@ def test_mfu_arithmetic_and_rank_sums(monkeypatch):
 # ------------------------------------------------------------------------------ end-to-end runs
 
 def _overrides(tok, mds, run_dir, **extra):
-    o = {'variables.tokenizer_dir': tok, 'variables.data_root': mds, 'variables.run_dir': run_dir,
-         'variables.max_seq_len': TINY_SEQ, 'model.vocab_size': TINY_VOCAB, 'model.d_model': 64,
-         'model.n_layers': 2, 'global_train_batch_size': 16, 'device_train_microbatch_size': 16,
-         'device_eval_batch_size': 16, 'eval_subset_num_batches': 2, 'console_log_interval': '10ba',
-         'python_log_level': 'warning', 'scheduler.t_warmup': '5ba', 'callbacks.mfu_monitor.log_interval': 5,
-         'callbacks.loss_spike_guard.warmup': 10, **extra}
-    return [f'{k}={v}' for k, v in o.items()]
+    from test_train_e2e import _overrides as e2e_overrides  # the tiny model/data settings of the e2e tests
+    return e2e_overrides(tok, mds, run_dir, **{'callbacks.mfu_monitor.log_interval': 5,
+                                               'callbacks.loss_spike_guard.warmup': 10, **extra})
 
 
 def _rows(run):
