@@ -12,6 +12,7 @@ CORPUS_MB ?= 8
 DATA      ?= data
 
 .PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data
+.PHONY: venv data demo test test-fast bench bench-mfu lock clean clean-data
 
 venv: $(STAMP)
 
@@ -57,6 +58,10 @@ BENCH_MB ?= 100
 bench: bench-data-prep
 bench-data-prep: $(STAMP) $(DATA)/tokenizer/tokenizer.json
 	$(BIN)/python bench/data_prep.py --size_mb $(BENCH_MB) --tokenizer $(DATA)/tokenizer
+# MFU callback overhead as a fraction of step time (CPU, same run).
+bench-mfu: $(STAMP)
+	$(BIN)/python bench/mfu_overhead.py
+bench: bench-mfu
 
 clean-data:
 	rm -rf $(DATA) runs

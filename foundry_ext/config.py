@@ -274,9 +274,43 @@ def validate(cfg: dict[str, Any]) -> None:
         _check_loader(ev, f'eval_loaders[{i}]', problems)
         if isinstance(ev, dict) and 'label' not in ev:
             problems.append(f'eval_loaders[{i}].label is missing; each of several eval loaders needs a label')
+    _check_callbacks(cfg, problems)
     if problems:
         raise UserError('\n  '.join(['invalid config:'] + problems) if len(problems) > 1
                         else f'invalid config: {problems[0]}')
+
+
+def _check_callbacks(cfg: dict, problems: list[str]) -> None:
+    """Our callbacks' options (MFU monitor, loss-spike guard), before anything is built."""
+    cbs = cfg.get('callbacks')
+    if not isinstance(cbs, dict):
+        return
+    guard = cbs.get('loss_spike_guard')
+    if isinstance(guard, dict) or guard is None and 'loss_spike_guard' in cbs:
+        from foundry_ext.spike import SpikeConfig
+        opts = {k: v for k, v in (guard or {}).items() if k not in ('rollback_skip_batches', 'log_window')}
+        try:
+            sc = SpikeConfig(**opts)
+        except TypeError:
+            bad = sorted(set(opts) - set(SpikeConfig.__dataclass_fields__))
+            problems.append(f'unknown key callbacks.loss_spike_guard.{bad[0]}'
+                            f'{_did_you_mean(bad[0], list(SpikeConfig.__dataclass_fields__) + ["rollback_skip_batches"])}')
+        except UserError as e:
+            problems.append(str(e))
+        else:
+            if sc.wants_rollback and not cfg.get('save_folder'):
+                problems.append("callbacks.loss_spike_guard: action 'rollback' needs a checkpoint folder; set "
+                                "save_folder (and save_interval, e.g. 50ba) or drop 'rollback' from actions")
+    mfu = cbs.get('mfu_monitor')
+    if isinstance(mfu, dict):
+        from foundry_ext import hardware
+        try:
+            if mfu.get('device') is not None:
+                hardware.table_peak(str(mfu['device']), 'fp32')
+            if mfu.get('peak_flops') is not None:
+                hardware.peak_flops(peak=mfu['peak_flops'])
+        except UserError as e:
+            problems.append(f'callbacks.mfu_monitor: {e}')
 
 
 # ------------------------------------------------------------------------------ fallbacks
