@@ -282,3 +282,68 @@ def test_starter_generation_is_deterministic(tiny_corpus, tmp_path):
     assert not errs
     for t in tasks:
         assert len(load_examples(t)) >= 10
+
+
+def test_callback_registered_and_logs_metrics(files, gpt2, tok):
+    from types import SimpleNamespace
+
+    from llmfoundry import registry
+
+    from foundry_ext.gauntlet.callback import GauntletCallback
+    assert registry.callbacks.get('gauntlet') is GauntletCallback
+    cb = GauntletCallback([{'label': 'mc', 'dataset_uri': files['mc'], 'icl_task_type': 'multiple_choice',
+                            'num_fewshot': [0]}],
+                          {'categories': [{'name': 'c', 'benchmarks': [{'name': 'mc', 'num_fewshot': 0,
+                                                                       'random_baseline': 1 / 3}]}]},
+                          interval='5ba', limit=10)
+    logged = {}
+    state = SimpleNamespace(model=SimpleNamespace(model=gpt2.model, tokenizer=tok),
+                            timestamp=SimpleNamespace(batch=10))
+    gpt2.model.train()
+    cb.batch_end(state, SimpleNamespace(log_metrics=logged.update))
+    assert set(logged) == {'gauntlet/mc/0-shot', 'gauntlet/category/c', 'gauntlet/average/default_average'}
+    assert gpt2.model.training  # restored
+    gpt2.model.eval()
+
+
+def test_eval_command_bad_config_one_line(tmp_path, capsys):
+    from foundry_ext.gauntlet.command import main
+    y = tmp_path / 'e.yaml'
+    y.write_text('model: {hf_path: x}\nicl_task: []\n')
+    assert main([str(y)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and "unknown eval config key 'icl_task'; did you mean 'icl_tasks'?" in err
+    y.write_text('model: {hf_path: nowhere}\nicl_tasks: [{label: a, dataset_uri: a.jsonl, icl_task_type: '
+                 'language_modeling, num_fewshot: [0]}]\n')
+    assert main([str(y)]) == 2
+    assert 'not an HF model folder' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_script_end_to_end_hf_dir(files, gpt2, tok, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    hf = tmp_path / 'hf'
+    gpt2.model.save_pretrained(hf)
+    tok.save_pretrained(hf)
+    tasks = tmp_path / 'tasks.yaml'
+    tasks.write_text(f"icl_tasks:\n- {{label: mc, dataset_uri: {files['mc']}, icl_task_type: multiple_choice, "
+                     f"num_fewshot: [0, 1]}}\n- {{label: lm, dataset_uri: {files['lm']}, "
+                     "icl_task_type: language_modeling, num_fewshot: [0]}\n")
+    gauntlet = tmp_path / 'g.yaml'
+    gauntlet.write_text('eval_gauntlet:\n  categories:\n  - {name: a, benchmarks: [{name: mc, num_fewshot: 0, '
+                        'random_baseline: 0.33}, {name: lm, num_fewshot: 0}]}\n')
+    out = tmp_path / 'out'
+    r = subprocess.run([sys.executable, 'scripts/eval.py', str(ROOT / 'yamls' / 'eval' / 'starter.yaml'),
+                        f'model={{hf_path: {hf}}}', f'icl_tasks={tasks}', f'eval_gauntlet={gauntlet}',
+                        f'output_dir={out}', f'cache_dir={tmp_path / "cache"}', 'bootstrap_samples=200',
+                        f'compare={{hf_path: {hf}}}'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((out / 'results.json').read_text())
+    assert set(res['benchmarks']) == {'mc/0-shot', 'mc/1-shot', 'lm/0-shot'} and 'a' in res['categories']
+    assert all(row['diff'] == 0 for row in res['compare']['rows'])  # same model: zero difference
+    assert (out / 'categories.png').stat().st_size > 5000 and 'core_average' not in r.stdout
+    assert 'gauntlet report:' in r.stdout

@@ -44,7 +44,16 @@ def prepare(argv: list[str]) -> dict[str, Any]:
     from foundry_ext import config
     if not argv or argv[0] in ('-h', '--help'):
         raise UserError(USAGE)
-    cfg = config.load(argv[0], argv[1:])
+    # `model={hf_path: x}` replaces the whole mapping (a plain dotlist merge would keep run_dir too).
+    whole = [o for o in argv[1:] if '=' in o and '.' not in o.split('=', 1)[0]
+             and o.split('=', 1)[1].lstrip().startswith('{')]
+    cfg = config.load(argv[0], [o for o in argv[1:] if o not in whole])
+    if whole:
+        from omegaconf import OmegaConf as om
+        try:
+            cfg.update(om.to_container(om.from_dotlist(whole), resolve=True))
+        except Exception as e:  # omegaconf grammar errors
+            raise UserError(f'cannot parse override(s) {whole}: {" ".join(str(e).split())[:200]}') from None
     _check(cfg)
     return cfg
 
