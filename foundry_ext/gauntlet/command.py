@@ -103,8 +103,6 @@ def run(cfg: dict[str, Any], log=print) -> dict[str, Any]:
         declared = {comp.bench_key(t.label, s) for t in tasks for s in t.num_fewshot}
         gauntlet, errs = comp.check_benchmarks(gauntlet, declared)
         errors += errs
-    for e in errors:
-        print(f'error: {e}', file=sys.stderr)
     results = _evaluate(cfg['model'], cfg, tasks, gauntlet, errors, log)
     results['run_name'] = cfg.get('run_name', 'eval')
     if cfg.get('compare'):

@@ -132,6 +132,12 @@ def run_gauntlet(lm: LoadedModel, tasks: list[TaskSpec], gauntlet: Optional[comp
         out['errors'] += errs
         sizes = {k: b['n'] for k, b in benches.items()}
         scores = comp.composite(g, {k: b['accuracy'] for k, b in benches.items()}, sizes)
+        for c in g.categories:
+            failed = [comp.bench_key(b['name'], b['num_fewshot']) for b in c['benchmarks']
+                      if comp.bench_key(b['name'], b['num_fewshot']) not in benches]
+            if failed:
+                out['errors'].append(f"eval_gauntlet category '{c['name']}' is left out: benchmark(s) "
+                                     f"{', '.join(failed)} did not run (see the errors above)")
         cis = comp.bootstrap(g, correct, bootstrap_samples, seed, level) if bootstrap_samples else None
         for part in ('categories', 'averages'):
             for name, v in scores[part].items():
