@@ -12,6 +12,7 @@ CORPUS_MB ?= 8
 DATA      ?= data
 
 .PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data bench-mfu
+.PHONY: venv data demo test test-fast bench lock clean clean-data eval-data bench-gauntlet
 
 venv: $(STAMP)
 
@@ -40,6 +41,12 @@ $(DATA)/mds/stats.json: $(DATA)/tokenizer/tokenizer.json
 
 data: $(DATA)/mds/stats.json
 
+# Starter gauntlet task files: generated from the corpus's held-out split (deterministic, seconds).
+$(DATA)/eval/starter/manifest.json: $(DATA)/corpus/manifest.json
+	$(BIN)/python -m foundry_ext eval-data --corpus $(DATA)/corpus --out $(DATA)/eval/starter
+
+eval-data: $(DATA)/eval/starter/manifest.json
+
 demo: $(STAMP) data
 	$(BIN)/composer scripts/train.py yamls/pretrain/tiny-cpu.yaml run_name=demo
 	$(BIN)/python -m foundry_ext report runs/demo
@@ -61,6 +68,11 @@ bench-data-prep: $(STAMP) $(DATA)/tokenizer/tokenizer.json
 bench-mfu: $(STAMP)
 	$(BIN)/python bench/mfu_overhead.py
 bench: bench-mfu
+# Our gauntlet scorer vs LLM Foundry's ICL evaluator on real tasks from ../shared/eval_data.
+bench-gauntlet: $(STAMP) data
+	$(BIN)/python bench/gauntlet_vs_foundry.py --limit 200
+
+bench: bench-gauntlet
 
 clean-data:
 	rm -rf $(DATA) runs

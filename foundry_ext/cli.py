@@ -1,4 +1,4 @@
-"""`python -m foundry_ext <verb>`: corpus, tokenizer, report."""
+"""`python -m foundry_ext <verb>`: corpus, tokenizer, report, eval-data."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,12 @@ def _report(a: argparse.Namespace) -> None:
     print(f'report: {path}')
 
 
+def _eval_data(a: argparse.Namespace) -> None:
+    from foundry_ext.gauntlet.starter import generate
+    counts = generate(a.corpus, a.out, seed=a.seed, n=a.n)
+    print(f"starter gauntlet tasks ({', '.join(f'{k} {v}' for k, v in counts.items())}) written to {a.out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m foundry_ext')
     sub = p.add_subparsers(dest='verb', required=True)
@@ -57,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument('run_dir')
     r.add_argument('--mds', default=None, help='MDS root, for the unigram baselines')
     r.set_defaults(fn=_report)
+
+    g = sub.add_parser('eval-data', help='generate the starter gauntlet task files from a corpus held-out split')
+    g.add_argument('--corpus', default='data/corpus')
+    g.add_argument('--out', default='data/eval/starter')
+    g.add_argument('--seed', type=int, default=17)
+    g.add_argument('--n', type=int, default=250, help='examples per task (at most)')
+    g.set_defaults(fn=_eval_data)
 
     a = p.parse_args(argv)
     try:

@@ -1,0 +1,1 @@
+"""Gauntlet: LLM Foundry-compatible ICL evaluation (tasks, prompts, scoring, composite, reports)."""

@@ -1,0 +1,187 @@
+"""ICL task definitions and jsonl loading, in LLM Foundry's formats (pure Python, no torch).
+
+A task is one entry of an LLM Foundry ``icl_tasks`` list (``label``, ``dataset_uri``,
+``icl_task_type``, ``num_fewshot`` ...). Every problem with a task or its file is a
+:class:`UserError` naming the task, the file and, for a bad line, its line number.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from foundry_ext.errors import UserError
+
+TASK_TYPES = ('multiple_choice', 'schema', 'language_modeling', 'generation_task_with_answers')
+# Keys of an icl_tasks entry that we understand (LLM Foundry's, plus `limit`); others are ignored
+# with a note (e.g. metric_names, hf_loading_vars) so LLM Foundry yamls load unchanged.
+_KNOWN = {'label', 'dataset_uri', 'icl_task_type', 'num_fewshot', 'continuation_delimiter',
+          'example_delimiter', 'prompt_string', 'question_prelimiter', 'prelimiter',
+          'fewshot_random_seed', 'max_seq_len', 'batch_size', 'early_stopping_criteria',
+          'do_normalization', 'cot_delimiter', 'strip_dataset', 'metric_names', 'limit',
+          'has_categories', 'generation_kwargs', 'hf_loading_vars', 'hf_parsing_map'}
+
+
+@dataclass
+class TaskSpec:
+    label: str
+    dataset_uri: str
+    icl_task_type: str
+    num_fewshot: list[int]
+    continuation_delimiter: str = ' '
+    example_delimiter: str = '\n'
+    prompt_string: str = ''
+    prelimiter: str = ''
+    fewshot_random_seed: int = 1234
+    max_seq_len: int | None = None
+    batch_size: int | None = None
+    early_stopping_criteria: list[str] = field(default_factory=list)
+    do_normalization: bool = True
+    cot_delimiter: str = ''
+    strip_dataset: bool = True
+    limit: int | None = None
+
+    def key(self, shot: int, max_seq_len: int) -> str:
+        """Content hash of everything that changes this (task, shot)'s score except the model."""
+        h = hashlib.sha256()
+        cfg = {k: v for k, v in self.__dict__.items() if k not in ('num_fewshot', 'batch_size', 'label')}
+        h.update(json.dumps({**cfg, 'shot': shot, 'max_seq_len': max_seq_len}, sort_keys=True).encode())
+        try:
+            h.update(Path(self.dataset_uri).read_bytes())
+        except OSError:
+            pass
+        return h.hexdigest()[:16]
+
+
+def task_from_cfg(cfg: dict[str, Any], base_dir: str | Path | None = None) -> TaskSpec:
+    """One ``icl_tasks`` entry -> TaskSpec (validated; paths relative to ``base_dir`` if not found as given)."""
+    if not isinstance(cfg, dict):
+        raise UserError(f'an icl_tasks entry must be a mapping, got {type(cfg).__name__}: {cfg!r}')
+    label = cfg.get('label')
+    if not label:
+        raise UserError(f'an icl_tasks entry has no label: {cfg!r}')
+    where = f"icl task '{label}'"
+    for k in ('dataset_uri', 'icl_task_type', 'num_fewshot'):
+        if k not in cfg:
+            raise UserError(f'{where}: missing key {k!r}')
+    ttype = cfg['icl_task_type']
+    if ttype not in TASK_TYPES:
+        raise UserError(f'{where}: unknown icl_task_type {ttype!r}; expected one of {", ".join(TASK_TYPES)}')
+    if cfg.get('has_categories'):
+        raise UserError(f'{where}: has_categories is not supported; split the file per category')
+    shots = cfg['num_fewshot']
+    shots = list(shots) if isinstance(shots, (list, tuple)) else [shots]
+    if not shots or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shots):
+        raise UserError(f'{where}: num_fewshot must be a list of non-negative integers, got {cfg["num_fewshot"]!r}')
+    if 'prelimiter' in cfg and 'question_prelimiter' in cfg:
+        raise UserError(f'{where}: give only one of prelimiter / question_prelimiter')
+    uri = str(cfg['dataset_uri'])
+    if '://' in uri:
+        raise UserError(f'{where}: dataset_uri {uri!r} is remote; this harness is offline, '
+                        'download the file and give its local path')
+    p = Path(uri)
+    if not p.is_absolute() and not p.exists() and base_dir is not None and (Path(base_dir) / p).exists():
+        uri = str(Path(base_dir) / p)
+    limit = cfg.get('limit')
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise UserError(f'{where}: limit must be a positive integer, got {limit!r}')
+    stops = cfg.get('early_stopping_criteria') or []
+    return TaskSpec(
+        label=str(label), dataset_uri=uri, icl_task_type=ttype, num_fewshot=shots,
+        continuation_delimiter=str(cfg.get('continuation_delimiter', ' ')),
+        example_delimiter=str(cfg.get('example_delimiter', '\n')),
+        prompt_string=str(cfg.get('prompt_string', '')),
+        prelimiter=str(cfg.get('prelimiter', cfg.get('question_prelimiter', ''))),
+        fewshot_random_seed=int(cfg.get('fewshot_random_seed', 1234)),
+        max_seq_len=cfg.get('max_seq_len'), batch_size=cfg.get('batch_size'),
+        early_stopping_criteria=list(stops), do_normalization=bool(cfg.get('do_normalization', True)),
+        cot_delimiter=str(cfg.get('cot_delimiter', '')), strip_dataset=bool(cfg.get('strip_dataset', True)),
+        limit=limit)
+
+
+def _need(obj: dict, key: str, types, where: str) -> Any:
+    if key not in obj:
+        raise UserError(f'{where}: missing field {key!r}')
+    v = obj[key]
+    if not isinstance(v, types) or isinstance(v, bool):
+        raise UserError(f'{where}: field {key!r} has the wrong type ({type(v).__name__})')
+    return v
+
+
+def _check_example(ex: dict, ttype: str, where: str) -> None:
+    if ttype == 'multiple_choice':
+        _need(ex, 'query', str, where)
+        choices = _need(ex, 'choices', list, where)
+        if not choices or not all(isinstance(c, str) for c in choices):
+            raise UserError(f"{where}: 'choices' must be a non-empty list of strings")
+        n = len(choices)
+    elif ttype == 'schema':
+        opts = _need(ex, 'context_options', list, where)
+        if not opts or not all(isinstance(c, str) for c in opts):
+            raise UserError(f"{where}: 'context_options' must be a non-empty list of strings")
+        _need(ex, 'continuation', str, where)
+        n = len(opts)
+    elif ttype == 'language_modeling':
+        _need(ex, 'context', str, where)
+        _need(ex, 'continuation', str, where)
+        return
+    else:  # generation_task_with_answers
+        _need(ex, 'context', str, where)
+        _need(ex, 'answer', str, where)
+        al = ex.get('aliases', [])
+        if not isinstance(al, list) or not all(isinstance(a, str) for a in al):
+            raise UserError(f"{where}: 'aliases' must be a list of strings")
+        return
+    gold = _need(ex, 'gold', int, where)
+    if not 0 <= gold < n:
+        raise UserError(f"{where}: gold {gold} is out of range for {n} options (0..{n - 1})")
+
+
+def load_examples(task: TaskSpec) -> list[dict]:
+    """Read and validate the task's jsonl file (first ``limit`` examples); strip strings like LLM Foundry."""
+    path = Path(task.dataset_uri)
+    where = f"icl task '{task.label}'"
+    if not path.is_file():
+        raise UserError(f'{where}: dataset file {path} not found'
+                        + ('; generate the starter tasks with `make eval-data`' if 'starter' in str(path) else ''))
+    out: list[dict] = []
+    with open(path, encoding='utf-8') as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f'{where}: {path} line {lineno}: malformed JSON ({e.msg})') from None
+            if not isinstance(ex, dict):
+                raise UserError(f'{where}: {path} line {lineno}: expected a JSON object')
+            _check_example(ex, task.icl_task_type, f'{where}: {path} line {lineno}')
+            if task.strip_dataset:
+                ex = {k: v.strip() if isinstance(v, str) else v for k, v in ex.items()}
+            out.append(ex)
+            if task.limit is not None and len(out) >= task.limit:
+                break
+    if not out:
+        raise UserError(f'{where}: {path} has no examples')
+    return out
+
+
+def check_fewshot(task: TaskSpec, shot: int, n_examples: int) -> None:
+    if shot > n_examples - 1:
+        raise UserError(f"icl task '{task.label}': num_fewshot {shot} is larger than the {n_examples - 1} "
+                        'other examples available; lower num_fewshot or add examples')
+
+
+def load_tasks_file(path: str | Path) -> list[dict]:
+    """An LLM Foundry tasks yaml (``icl_tasks: [...]``) -> list of raw entries."""
+    from omegaconf import OmegaConf as om
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f'icl_tasks file {p} not found')
+    cfg = om.to_container(om.load(p), resolve=True)
+    tasks = cfg.get('icl_tasks') if isinstance(cfg, dict) else cfg
+    if not isinstance(tasks, list):
+        raise UserError(f'{p}: expected a list under icl_tasks')
+    return tasks
