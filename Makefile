@@ -11,8 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 CORPUS_MB ?= 8
 DATA      ?= data
 
-.PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data bench-mfu
-.PHONY: venv data demo test test-fast bench lock clean clean-data eval-data bench-gauntlet
+.PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet
 
 venv: $(STAMP)
 
@@ -47,10 +46,12 @@ $(DATA)/eval/starter/manifest.json: $(DATA)/corpus/manifest.json
 
 eval-data: $(DATA)/eval/starter/manifest.json
 
-demo: $(STAMP) data
+demo: $(STAMP) data eval-data
 	$(BIN)/composer scripts/train.py yamls/pretrain/tiny-cpu.yaml run_name=demo
 	$(BIN)/python -m foundry_ext report runs/demo
-	@echo "demo finished: report at runs/demo/report.md (loss curve runs/demo/loss_curve.png)"
+	$(BIN)/composer scripts/eval.py yamls/eval/starter.yaml
+	@echo "demo finished: report at runs/demo/report.md (loss curve runs/demo/loss_curve.png),"
+	@echo "               gauntlet at runs/demo/gauntlet/report.md"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
