@@ -117,3 +117,23 @@ def test_hf_llama_from_local_config_dir(tmp_path):
     b = _batch()
     loss = m.loss(m(b), b)
     assert torch.isfinite(loss) and abs(float(loss) - torch.log(torch.tensor(64.0))) < 1.0
+
+
+@pytest.mark.parametrize('over', [
+    dict(),
+    dict(no_bias=False, attn_config={'attn_impl': 'torch'}),
+    dict(attn_config={'attn_impl': 'torch', 'rope': True, 'attn_type': 'grouped_query_attention', 'kv_n_heads': 2},
+         ffn_config={'ffn_type': 'mptglu'}),
+    dict(attn_config={'attn_impl': 'torch', 'alibi': True, 'attn_type': 'multiquery_attention'},
+         ffn_config={'ffn_type': 'torch_dmoe', 'moe_num_experts': 4, 'moe_top_k': 2, 'ffn_hidden_size': 24}),
+])
+def test_param_formula_matches_built_model(over):
+    from foundry_ext.models.moe import DroplessMoE
+    from foundry_ext.models.params import mpt_param_counts
+    over.setdefault('attn_config', {'attn_impl': 'torch'})
+    m = _build('foundry_mpt_causal_lm', **over)
+    total = sum(p.numel() for p in m.parameters())
+    active = total - sum(x.expert_params() - x.active_params() + x.router.weight.numel()
+                         for x in m.modules() if isinstance(x, DroplessMoE))
+    c = mpt_param_counts({**BASE, **over})
+    assert (c['total'], c['active']) == (total, active)

@@ -27,6 +27,7 @@ from llmfoundry.models.layers.attention import GroupedQueryAttention
 from llmfoundry.models.mpt.configuration_mpt import MPTConfig
 from llmfoundry.models.mpt.modeling_mpt import ComposerMPTCausalLM
 
+from foundry_ext.config import MOE_FFN_KEYS
 from foundry_ext.models.attention import attention, check_impl, flash_attn_installed, resolve_impl
 from foundry_ext.models.moe import DroplessMoE
 
@@ -102,6 +103,10 @@ def translate_attn_config(attn: dict, n_heads: int, cuda: bool, flash_installed:
 class FoundryMPTConfig(MPTConfig):
     """MPTConfig whose ``attn_impl`` may be auto|flash|sdpa|torch (translated before MPT validates)."""
 
+    def __init__(self, attn_config: Optional[dict] = None, **kwargs: Any):
+        # MPT's default attn_config says flash; ours defaults to auto (HF builds default configs too).
+        super().__init__(attn_config=dict(attn_config or {'attn_impl': 'auto'}), **kwargs)
+
     def _validate_config(self) -> None:
         self.attn_config = translate_attn_config(self.attn_config, self.n_heads, torch.cuda.is_available(),
                                                  flash_attn_installed())
@@ -134,8 +139,7 @@ class FoundryMPTCausalLM(ComposerMPTCausalLM):
 
 # ------------------------------------------------------------------------------ MoE ffn
 
-MOE_KEYS = ('ffn_type', 'ffn_hidden_size', 'moe_num_experts', 'moe_top_k', 'moe_glu', 'ffn_act_fn',
-            'moe_capacity_factor', 'moe_loss_weight', 'moe_z_loss_weight', 'moe_normalize_expert_weights')
+MOE_KEYS = MOE_FFN_KEYS
 
 
 def build_torch_dmoe(d_model: int, expansion_ratio: float, device: Optional[str] = None, bias: bool = False,
