@@ -13,6 +13,7 @@ CORPUS_MB ?= 8
 DATA      ?= data
 
 .PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data
+.PHONY: venv data demo test test-fast bench bench-models lock clean clean-data
 
 venv: $(STAMP)
 
@@ -58,6 +59,12 @@ BENCH_MB ?= 100
 bench: bench-data-prep
 bench-data-prep: $(STAMP) $(DATA)/tokenizer/tokenizer.json
 	$(BIN)/python bench/data_prep.py --size_mb $(BENCH_MB) --tokenizer $(DATA)/tokenizer
+# Attention/MoE benchmarks (pure torch): MFU of ~1B dense / MoE models (SKIP without CUDA), MoE vs dense FFN.
+bench-models: $(STAMP)
+	$(BIN)/python bench/mfu_model.py
+	$(BIN)/python bench/moe_vs_dense.py
+
+bench: bench-models
 
 clean-data:
 	rm -rf $(DATA) runs

@@ -87,6 +87,8 @@ def test_capacity_factor_drops_and_counts():
     cap = m.capacity(16)  # ceil(0.5 * 16 / 4) = 2
     assert cap == 2 and m.stats.dropped == 16 - cap
     assert (y[cap:] == 0).all() and (y[:cap] != 0).any()  # the first tokens keep their slot
+    y.sum().backward()  # experts that got no token get zero gradient, not an error
+    assert m.w1.grad[0].abs().sum() == 0 and m.w1.grad[2].abs().sum() > 0
 
 
 def test_bad_config():

@@ -117,12 +117,15 @@ class DroplessMoE(nn.Module):
             return None
         return max(1, math.ceil(self.capacity_factor * num_tokens * self.top_k / self.num_experts))
 
-    def _expert(self, e: int, h: torch.Tensor) -> torch.Tensor:
-        act = ACTIVATIONS[self.activation]
-        a = act(h @ self.w1[e])
-        if self.v1 is not None:
-            a = a * (h @ self.v1[e])
-        return a @ self.w2[e]
+    def _expert(self, e: int, h: torch.Tensor, weights=None) -> torch.Tensor:
+        """Expert e on tokens h; ``weights`` = the unbound (w1, v1, w2) tuples of one forward."""
+        if weights is None:
+            weights = (self.w1.unbind(0), None if self.v1 is None else self.v1.unbind(0), self.w2.unbind(0))
+        w1, v1, w2 = weights
+        a = ACTIVATIONS[self.activation](h @ w1[e])
+        if v1 is not None:
+            a = a * (h @ v1[e])
+        return a @ w2[e]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -145,7 +148,10 @@ class DroplessMoE(nn.Module):
         if keep is not None:
             order, token_of = order[keep], token_of[keep]
         xs = xt[token_of]                                         # (N, d) tokens in expert order
-        outs = [self._expert(e, h) for e, h in enumerate(torch.split(xs, sizes)) if sizes[e] > 0]
+        # unbind once: its backward stacks the E gradients in one op (indexing w[e] per expert would
+        # allocate a full-size zero gradient per expert)
+        ws = (self.w1.unbind(0), None if self.v1 is None else self.v1.unbind(0), self.w2.unbind(0))
+        outs = [self._expert(e, h, ws) for e, h in enumerate(torch.split(xs, sizes)) if sizes[e] > 0]
         ys = torch.cat(outs) if outs else xs.new_zeros(0, self.d_model)
         ys = ys * weights.flatten()[order].to(ys.dtype)[:, None]
         # Un-permute into (T*k, d) (a gather with unique targets: deterministic), then sum over k.
