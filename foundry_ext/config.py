@@ -184,6 +184,11 @@ def _check_model(model: dict, problems: list[str]) -> None:
             if isinstance(kv, int) and isinstance(h, int) and h > 0 and (kv <= 0 or h % kv):
                 problems.append(f'model.attn_config.kv_n_heads ({kv}) must divide model.n_heads ({h})')
         ffn = model.get('ffn_config') or {}
+        if isinstance(ffn, dict) and ffn.get('ffn_type') in ('mb_moe', 'mb_dmoe') \
+                and importlib.util.find_spec('megablocks') is None:
+            problems.append(f"model.ffn_config.ffn_type {ffn['ffn_type']} needs the megablocks package "
+                            "(pip install foundry-ext[megablocks]); ffn_type torch_dmoe takes the same moe_* keys "
+                            "and runs anywhere")
         if isinstance(ffn, dict) and ffn.get('ffn_type') == 'torch_dmoe':
             _check_keys(ffn, MOE_FFN_KEYS, 'model.ffn_config.', problems)
             e, k = ffn.get('moe_num_experts', 8), ffn.get('moe_top_k', 2)

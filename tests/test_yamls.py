@@ -1,6 +1,7 @@
 """Every shipped pretraining yaml validates (data paths pointed at the test data), its parameter header
 is what the formula says, and the model-level bad inputs give one clear line each."""
 import copy
+import importlib.util
 import re
 
 import pytest
@@ -79,6 +80,12 @@ def test_model_bad_inputs(data_over):
     c = copy.deepcopy(base)
     c['model']['ffn_config']['moe_expert'] = 5
     assert "unknown key model.ffn_config.moe_expert; did you mean" in _problems(c)
+    c = copy.deepcopy(base)
+    c['model']['ffn_config'] = {'ffn_type': 'mb_dmoe', 'moe_num_experts': 4, 'moe_top_k': 2}
+    if importlib.util.find_spec('megablocks') is None:  # the optional MegaBlocks backend
+        assert 'ffn_type mb_dmoe needs the megablocks package' in _problems(c)
+    else:
+        config.validate(c)
     c = copy.deepcopy(base)
     c['model']['name'] = 'mpt_causal_lm'
     assert "attn_impl 'auto' needs model.name: foundry_mpt_causal_lm" in _problems(c)
