@@ -12,6 +12,7 @@ CORPUS_MB ?= 8
 DATA      ?= data
 
 .PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet
+.PHONY: venv data demo test test-fast bench bench-data-prep bench-models lock clean clean-data
 
 venv: $(STAMP)
 
@@ -74,6 +75,12 @@ bench-gauntlet: $(STAMP) data
 	$(BIN)/python bench/gauntlet_vs_foundry.py --limit 200
 
 bench: bench-gauntlet
+# Attention/MoE benchmarks (pure torch): MFU of ~1B dense / MoE models (SKIP without CUDA), MoE vs dense FFN.
+bench-models: $(STAMP)
+	$(BIN)/python bench/mfu_model.py
+	$(BIN)/python bench/moe_vs_dense.py
+
+bench: bench-models
 
 clean-data:
 	rm -rf $(DATA) runs

@@ -57,7 +57,15 @@ MPT_KEYS: dict[str, tuple] = {
 ATTN_KEYS = ('alibi', 'alibi_bias_max', 'attn_impl', 'attn_logit_softcapping', 'attn_pdrop',
              'attn_temperature_tuning', 'attn_type', 'attn_uses_sequence_id', 'clip_qkv', 'fused_qkv',
              'kv_dim', 'nope', 'qk_gn', 'qk_ln', 'rope', 'rope_dail_config', 'rope_hf_config',
-             'rope_impl', 'rope_theta', 'sliding_window_size', 'softmax_scale', 'kv_n_heads')
+             'rope_impl', 'rope_theta', 'sliding_window_size', 'softmax_scale', 'kv_n_heads',
+             'attn_backend')  # attn_backend: our foundry_attention class (foundry_ext.models.mpt)
+# Our model (foundry_ext.models.mpt): MPT whose attn_impl may also be auto or sdpa.
+FOUNDRY_MPT = 'foundry_mpt_causal_lm'
+ATTN_IMPLS = ('auto', 'flash', 'sdpa', 'torch')
+# ffn_config keys of ffn_type torch_dmoe (foundry_ext.models.moe.DroplessMoE), named like LLM Foundry's
+# MegaBlocks ffns where they overlap.
+MOE_FFN_KEYS = ('ffn_type', 'ffn_hidden_size', 'moe_num_experts', 'moe_top_k', 'moe_glu', 'ffn_act_fn',
+                'moe_capacity_factor', 'moe_loss_weight', 'moe_z_loss_weight', 'moe_normalize_expert_weights')
 LOADER_KEYS = ('name', 'label', 'dataset', 'drop_last', 'num_workers', 'pin_memory',
                'prefetch_factor', 'persistent_workers', 'timeout')
 PRECISIONS = ('fp32', 'amp_fp16', 'amp_bf16', 'amp_fp8')
@@ -152,7 +160,7 @@ def _check_model(model: dict, problems: list[str]) -> None:
     if name is None:
         problems.append('model.name is missing; e.g. mpt_causal_lm or hf_causal_lm')
         return
-    if name == 'mpt_causal_lm':
+    if name in ('mpt_causal_lm', FOUNDRY_MPT):
         _check_keys(model, MPT_KEYS, 'model.', problems)
         for k in ('d_model', 'n_heads', 'n_layers', 'max_seq_len', 'vocab_size'):
             _positive_int(model, k, 'model.', problems)
@@ -163,8 +171,34 @@ def _check_model(model: dict, problems: list[str]) -> None:
         if isinstance(attn, dict):
             _check_keys(attn, ATTN_KEYS, 'model.attn_config.', problems)
             impl = attn.get('attn_impl')
-            if impl is not None and impl not in ('torch', 'flash'):
+            if name == FOUNDRY_MPT:
+                if impl is not None and impl not in ATTN_IMPLS:
+                    problems.append(f"model.attn_config.attn_impl {impl!r} is not one of {', '.join(ATTN_IMPLS)}"
+                                    f'{_did_you_mean(str(impl), ATTN_IMPLS)}')
+            elif impl in ('auto', 'sdpa'):
+                problems.append(f"model.attn_config.attn_impl {impl!r} needs model.name: {FOUNDRY_MPT} "
+                                "(mpt_causal_lm accepts only 'torch' or 'flash')")
+            elif impl is not None and impl not in ('torch', 'flash'):
                 problems.append(f"model.attn_config.attn_impl must be 'torch' or 'flash', got {impl!r}")
+            kv = attn.get('kv_n_heads')
+            if isinstance(kv, int) and isinstance(h, int) and h > 0 and (kv <= 0 or h % kv):
+                problems.append(f'model.attn_config.kv_n_heads ({kv}) must divide model.n_heads ({h})')
+        ffn = model.get('ffn_config') or {}
+        if isinstance(ffn, dict) and ffn.get('ffn_type') in ('mb_moe', 'mb_dmoe') \
+                and importlib.util.find_spec('megablocks') is None:
+            problems.append(f"model.ffn_config.ffn_type {ffn['ffn_type']} needs the megablocks package "
+                            "(pip install foundry-ext[megablocks]); ffn_type torch_dmoe takes the same moe_* keys "
+                            "and runs anywhere")
+        if isinstance(ffn, dict) and ffn.get('ffn_type') == 'torch_dmoe':
+            _check_keys(ffn, MOE_FFN_KEYS, 'model.ffn_config.', problems)
+            e, k = ffn.get('moe_num_experts', 8), ffn.get('moe_top_k', 2)
+            if not (isinstance(e, int) and e >= 1):
+                problems.append(f'model.ffn_config.moe_num_experts must be an integer >= 1, got {e!r}')
+            elif not (isinstance(k, int) and 1 <= k <= e):
+                problems.append(f'model.ffn_config.moe_top_k ({k}) must be between 1 and moe_num_experts ({e})')
+            cf = ffn.get('moe_capacity_factor')
+            if cf is not None and not (isinstance(cf, _NUM) and cf > 0):
+                problems.append(f'model.ffn_config.moe_capacity_factor must be > 0 or null (dropless), got {cf!r}')
     elif name == 'hf_causal_lm':
         src = model.get('pretrained_model_name_or_path')
         if not isinstance(src, str):
@@ -343,15 +377,20 @@ def apply_fallbacks(cfg: dict[str, Any], cuda: bool, flash_attn: bool, world_siz
         if model is not None and model.get('init_device') == 'meta':
             model['init_device'] = 'cpu'
             notes.append('model.init_device meta is for FSDP on GPUs; using cpu')
-    if model is not None and model.get('name') == 'mpt_causal_lm' and not flash_attn:
+    if model is not None and model.get('name') == FOUNDRY_MPT:
+        # attn_impl flash is a request, not a default here: refuse it where it cannot run.
+        from foundry_ext.models.attention import check_impl
+        check_impl((model.get('attn_config') or {}).get('attn_impl', 'auto'), cuda, flash_attn)
+    if model is not None and model.get('name') in ('mpt_causal_lm', FOUNDRY_MPT) and not flash_attn:
         attn = model.setdefault('attn_config', {})
-        if attn.get('attn_impl', 'flash') == 'flash':
+        if model['name'] == 'mpt_causal_lm' and attn.get('attn_impl', 'flash') == 'flash':
             attn['attn_impl'] = 'torch'
             notes.append('attn_impl flash needs the flash-attn package; using torch attention')
-        if attn.get('rope') and attn.get('rope_impl', 'dail') == 'dail':
+        if attn.get('rope') and attn.get('rope_impl', 'dail' if model['name'] == 'mpt_causal_lm' else 'hf') == 'dail':
             attn['rope_impl'] = 'hf'
             notes.append('rope_impl dail needs the flash-attn package; using the hf rotary embedding')
-        if model.get('loss_fn', 'fused_crossentropy') == 'fused_crossentropy':
+        if model.get('loss_fn', 'fused_crossentropy' if model['name'] == 'mpt_causal_lm' else None) \
+                == 'fused_crossentropy':
             model['loss_fn'] = 'torch_crossentropy'
             notes.append('loss_fn fused_crossentropy needs the flash-attn package; using torch_crossentropy')
     loaders = [('train_loader', cfg.get('train_loader'))]
