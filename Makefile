@@ -11,8 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 CORPUS_MB ?= 8
 DATA      ?= data
 
-.PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet
-.PHONY: venv data demo test test-fast bench bench-data-prep bench-models lock clean clean-data
+.PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet bench-models
 
 venv: $(STAMP)
 
