@@ -1,0 +1,1 @@
+"""Composer callbacks, registered in LLM Foundry's `llmfoundry_callbacks` (see pyproject.toml)."""
