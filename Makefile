@@ -13,6 +13,7 @@ CORPUS_MB ?= 8
 DATA      ?= data
 
 .PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data
+.PHONY: venv data demo test test-fast bench bench-mix lock clean clean-data
 
 venv: $(STAMP)
 
@@ -58,6 +59,10 @@ BENCH_MB ?= 100
 bench: bench-data-prep
 bench-data-prep: $(STAMP) $(DATA)/tokenizer/tokenizer.json
 	$(BIN)/python bench/data_prep.py --size_mb $(BENCH_MB) --tokenizer $(DATA)/tokenizer
+bench: bench-mix
+
+bench-mix: $(STAMP) data
+	$(BIN)/python bench/mixing.py
 
 clean-data:
 	rm -rf $(DATA) runs

@@ -1,4 +1,4 @@
-"""`python -m foundry_ext <verb>`: corpus, tokenizer, report."""
+"""`python -m foundry_ext <verb>`: corpus, tokenizer, report, mixplot."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,11 @@ def _report(a: argparse.Namespace) -> None:
     print(f'report: {path}')
 
 
+def _mixplot(a: argparse.Namespace) -> None:
+    from foundry_ext.mix_plot import plot_mix
+    print(f'mix plot: {plot_mix(a.run_dir, a.out)}')
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m foundry_ext')
     sub = p.add_subparsers(dest='verb', required=True)
@@ -57,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument('run_dir')
     r.add_argument('--mds', default=None, help='MDS root, for the unigram baselines')
     r.set_defaults(fn=_report)
+
+    m = sub.add_parser('mixplot', help='planned vs realized mixture weights of a run -> PNG (mixture loader runs)')
+    m.add_argument('run_dir', help='run folder with metrics.jsonl (or the file itself)')
+    m.add_argument('--out', default=None, help='PNG path (default <run_dir>/mix_weights.png)')
+    m.set_defaults(fn=_mixplot)
 
     a = p.parse_args(argv)
     try:

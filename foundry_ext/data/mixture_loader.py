@@ -26,7 +26,9 @@ use with ``Stream.prepare_shard``). Each batch carries ``input_ids``, ``labels``
 ``attention_mask`` and, per sample, ``domain`` (stream index), ``sample_id`` (index within its
 stream) and ``global_index``. The dataset has ``state_dict(num_samples, from_beginning)`` /
 ``load_state_dict``, the hooks Composer checkpoints use, so resumption is exact and needs no
-spinning. Nothing here imports torch at module level (config validation uses it).
+spinning. The batch sampler is a ``DistributedSampler`` subclass only because Composer insists
+on one when world size > 1; it does its own rank slicing. Composer and LLM Foundry are imported
+only when the loader is built (config validation uses this module).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from torch.utils.data.distributed import DistributedSampler
 
 from foundry_ext.data import mixing
 from foundry_ext.errors import UserError
@@ -155,15 +158,33 @@ class StreamReader:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         self._ready = [spec.get('remote') is None] * len(self.shards)
 
+        from streaming.base.format.mds.reader import MDSReader
+        self._mds = [isinstance(sh, MDSReader) for sh in self.shards]
+        self._fds: dict[int, int] = {}
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        k = int(np.searchsorted(self.offsets, idx, side='right')) - 1
+        k = int(np.searchsorted(self.offsets, idx, side='right')) - 1 if len(self.shards) > 1 else 0
         shard = self.shards[k]
         if not self._ready[k]:
             raw = os.path.join(self.stream.local, self.stream.split or '', shard.raw_data.basename)
             if not os.path.exists(raw):
                 self.stream.prepare_shard(shard)
             self._ready[k] = True
-        return shard.get_item(int(idx - self.offsets[k]))
+        i = int(idx - self.offsets[k])
+        if not self._mds[k]:
+            return shard.get_item(i)
+        # MDSReader.get_sample_data, with the shard file kept open (pread) instead of reopened per sample
+        fd = self._fds.get(k)
+        if fd is None:
+            fd = self._fds[k] = os.open(os.path.join(self.stream.local, self.stream.split or '',
+                                                     shard.raw_data.basename), os.O_RDONLY)
+        begin, end = np.frombuffer(os.pread(fd, 8, (1 + i) * 4), np.uint32)
+        return shard.decode_sample(os.pread(fd, int(end - begin), int(begin)))
+
+    def __getstate__(self):   # file descriptors are per process
+        d = dict(self.__dict__)
+        d['_fds'] = {}
+        return d
 
 
 def _identity(x):
@@ -208,15 +229,16 @@ class MixtureDataset:
         self.sampler.load_state_dict(obj)
 
 
-class MixtureBatchSampler:
+class MixtureBatchSampler(DistributedSampler):
     """Yields this rank's slice of each global batch as dataset keys, in order.
 
     One "epoch" of the mixture is as many samples as all streams hold (so ``1ep`` durations
     work); epochs continue the same global sequence.
     """
 
-    def __init__(self, mixer: mixing.Mixer, rank: int, world: int):
+    def __init__(self, mixer: mixing.Mixer, rank: int, world: int):   # noqa: no super().__init__: own sharding
         self.mixer, self.rank, self.world = mixer, rank, world
+        self.num_replicas = world
         self.batches_per_epoch = max(1, int(mixer.sizes.sum()) // mixer.global_batch)
         self.epoch = 0              # epoch of the iterator most recently started
         self._next_epoch = 0
@@ -224,6 +246,9 @@ class MixtureBatchSampler:
 
     def __len__(self) -> int:
         return self.batches_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Composer calls this each epoch; the global sequence already continues across epochs."""
 
     def __iter__(self):
         if self._resume is not None:
