@@ -33,7 +33,7 @@ RUNS = {
     'anneal': [],   # the yaml's own schedule: BASE until 0.6, cosine to code 0.8 at 1.0
     'uniform': [f'train_loader.schedule.points={_points((0.0, UNIFORM))}'],
     'adaptive': [f'train_loader.schedule.points={_points((0.0, UNIFORM))}',
-                 'train_loader.adaptive={eta: 0.1, ema: 0.8, floor: 0.05, update_every: 5, lag: 2}'],
+                 'train_loader.adaptive={eta: 0.3, ema: 0.8, floor: 0.05, update_every: 4, lag: 2}'],
 }
 
 
@@ -53,17 +53,18 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument('--batches', type=int, default=200)
     ap.add_argument('--only', default=','.join(RUNS))
+    ap.add_argument('--set', action='append', default=[], help='extra override for every run, e.g. model.d_model=64')
     a = ap.parse_args()
     results = {}
     rpath = ROOT / 'docs' / 'mixing_results.json'
     if rpath.exists():
         results = json.loads(rpath.read_text())
-    for name in a.only.split(','):
+    for name in [n for n in a.only.split(',') if n]:
         run = ROOT / 'runs' / f'mixexp-{name}'
         cmd = [sys.executable, 'scripts/train.py', 'yamls/pretrain/tiny-mix-cpu.yaml', f'run_name=mixexp-{name}',
                f'max_duration={a.batches}ba', f'eval_interval={a.batches}ba', 'eval_first=false',
                f'save_interval={a.batches}ba', 'console_log_interval=50ba', 'python_log_level=warning',
-               'eval_subset_num_batches=8', *RUNS[name]]
+               'eval_subset_num_batches=8', *a.set, *RUNS[name]]
         if run.exists():
             import shutil
             shutil.rmtree(run)
@@ -73,15 +74,19 @@ def main() -> int:
             print(r.stderr[-3000:], file=sys.stderr)
             return 1
         results[name] = {'eval_loss': final_eval(run), 'seconds': round(time.time() - t, 1),
-                         'batches': a.batches, 'overrides': RUNS[name]}
+                         'batches': a.batches, 'overrides': a.set + RUNS[name]}
         from foundry_ext.mix_plot import plot_mix
         plot_mix(run, ROOT / 'docs' / f'mixing_weights_{name}.png')
         print(name, results[name], flush=True)
+        mine = results[name]
+        results = json.loads(rpath.read_text()) if rpath.exists() else {}   # runs may go in parallel
+        results[name] = mine
         rpath.write_text(json.dumps(results, indent=1))
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
+    results = json.loads(rpath.read_text()) if rpath.exists() else {}
     names = [n for n in RUNS if n in results]
     domains = sorted(results[names[0]]['eval_loss'])
     fig, ax = plt.subplots(figsize=(8, 4))

@@ -312,3 +312,17 @@ def test_reader_and_batches(tiny_mds):
     assert b['input_ids'].shape == (4, 64) and b['domain'].tolist() == [k[0] for k in keys]
     stats = json.loads((tiny_mds / 'stats.json').read_text())['domains']
     assert ds.mixer.sizes.tolist() == [stats['code']['train']['samples'], stats['records']['train']['samples']]
+
+
+def test_train_command_rejects_bad_mix_in_one_line(tiny_mds, tiny_tokenizer):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    base = [sys.executable, 'scripts/train.py', 'yamls/pretrain/tiny-mix-cpu.yaml',
+            f'variables.data_root={tiny_mds}', f'variables.tokenizer_dir={tiny_tokenizer}', 'model.vocab_size=512']
+    for override, msg in [('train_loader.schedule.points=[{at: 0, weights: {poetry: 1}}]', "unknown stream 'poetry'"),
+                          ('train_loader.schedule.points=[{at: 0, weights: {code: -1, prose: 1}}]', 'negative'),
+                          ('train_loader.streams.code.local=/nonexistent', 'folder does not exist')]:
+        r = subprocess.run([*base, override], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and msg in r.stderr and r.stderr.count('\n') == 1, r.stderr[-2000:]
