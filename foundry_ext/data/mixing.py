@@ -62,6 +62,18 @@ def _did_you_mean(key: str, choices) -> str:
     return f"; did you mean '{close[0]}'?" if close else ''
 
 
+def _known_keys(cfg: dict, keys, where: str) -> None:
+    for k in cfg:
+        if k not in keys:
+            raise UserError(f'unknown key {where}.{k}{_did_you_mean(k, keys)}')
+
+
+def _choice(value: Any, choices, where: str) -> Any:
+    if value not in choices:
+        raise UserError(f'{where} must be one of {list(choices)}, got {value!r}{_did_you_mean(value, choices)}')
+    return value
+
+
 def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -166,16 +178,9 @@ def parse_schedule(cfg: Any, streams: Sequence[str], where: str = 'schedule') ->
     streams = tuple(streams)
     if not isinstance(cfg, dict):
         raise UserError(f'{where} must be a mapping with unit, interpolation and points')
-    for k in cfg:
-        if k not in SCHEDULE_KEYS:
-            raise UserError(f'unknown key {where}.{k}{_did_you_mean(k, SCHEDULE_KEYS)}')
-    unit = cfg.get('unit', 'fraction')
-    if unit not in UNITS:
-        raise UserError(f'{where}.unit must be one of {list(UNITS)}, got {unit!r}{_did_you_mean(unit, UNITS)}')
-    interp = cfg.get('interpolation', 'linear')
-    if interp not in INTERPOLATIONS:
-        raise UserError(f'{where}.interpolation must be one of {list(INTERPOLATIONS)}, got {interp!r}'
-                        f'{_did_you_mean(interp, INTERPOLATIONS)}')
+    _known_keys(cfg, SCHEDULE_KEYS, where)
+    unit = _choice(cfg.get('unit', 'fraction'), UNITS, f'{where}.unit')
+    interp = _choice(cfg.get('interpolation', 'linear'), INTERPOLATIONS, f'{where}.interpolation')
     total = None
     if cfg.get('total') is not None:
         total = parse_duration(cfg['total'], f'{where}.total')
@@ -240,19 +245,12 @@ def parse_shuffle(cfg: Any, where: str = 'shuffle') -> dict[str, Any]:
         cfg = {} if cfg else {'shuffle_algo': 'none'}
     if not isinstance(cfg, dict):
         raise UserError(f'{where} must be a mapping like {{preset: balanced, seed: 17}}')
-    for k in cfg:
-        if k not in SHUFFLE_KEYS:
-            raise UserError(f'unknown key {where}.{k}{_did_you_mean(k, SHUFFLE_KEYS)}')
-    preset = cfg.get('preset', 'balanced')
-    if preset not in SHUFFLE_PRESETS:
-        raise UserError(f'{where}.preset must be one of {list(SHUFFLE_PRESETS)}, got {preset!r}'
-                        f'{_did_you_mean(preset, SHUFFLE_PRESETS)}')
-    out = dict(SHUFFLE_PRESETS[preset])
+    _known_keys(cfg, SHUFFLE_KEYS, where)
+    out = dict(SHUFFLE_PRESETS[_choice(cfg.get('preset', 'balanced'), SHUFFLE_PRESETS, f'{where}.preset')])
     for k in ('shuffle_algo', 'shuffle_block_size', 'num_canonical_nodes'):
         if cfg.get(k) is not None:
             out[k] = cfg[k]
-    if out['shuffle_algo'] not in SHUFFLE_ALGOS:
-        raise UserError(f"{where}.shuffle_algo must be one of {list(SHUFFLE_ALGOS)}, got {out['shuffle_algo']!r}")
+    _choice(out['shuffle_algo'], SHUFFLE_ALGOS, f'{where}.shuffle_algo')
     for k in ('shuffle_block_size', 'num_canonical_nodes'):
         if not isinstance(out[k], int) or isinstance(out[k], bool) or out[k] <= 0:
             raise UserError(f'{where}.{k} must be a positive integer, got {out[k]!r}')
@@ -320,9 +318,7 @@ def parse_adaptive(cfg: Any, streams: Sequence[str], where: str = 'adaptive') ->
         cfg = {}
     if not isinstance(cfg, dict):
         raise UserError(f'{where} must be a mapping like {{eta: 1.0, floor: 0.05}} (or omitted)')
-    for k in cfg:
-        if k not in ADAPTIVE_KEYS:
-            raise UserError(f'unknown key {where}.{k}{_did_you_mean(k, ADAPTIVE_KEYS)}')
+    _known_keys(cfg, ADAPTIVE_KEYS, where)
     a = AdaptiveConfig(**{k: v for k, v in cfg.items() if v is not None})
     if not _num(a.eta) or a.eta <= 0:
         raise UserError(f'{where}.eta must be > 0, got {a.eta!r}')

@@ -86,9 +86,7 @@ def parse_streams(streams: Any, split: Optional[str], where: str = 'streams') ->
             s = {'local': s}
         if not isinstance(s, dict):
             raise UserError(f'{where}.{name} must be a mapping with local (and optionally remote, split)')
-        for k in s:
-            if k not in STREAM_KEYS:
-                raise UserError(f'unknown key {where}.{name}.{k}{mixing._did_you_mean(k, STREAM_KEYS)}')
+        mixing._known_keys(s, STREAM_KEYS, f'{where}.{name}')
         if not isinstance(s.get('local'), str):
             raise UserError(f'{where}.{name}.local is required: the MDS folder (cache folder with a remote)')
         out[str(name)] = {'local': s['local'], 'remote': s.get('remote'), 'split': s.get('split', split)}
@@ -99,9 +97,7 @@ def parse_config(loader: dict[str, Any], where: str = 'train_loader'):
     """Validate a whole mixture loader mapping (no torch, no data reads).
 
     Returns ``(streams, schedule, shuffle, adaptive, notes)``."""
-    for k in loader:
-        if k not in LOADER_KEYS:
-            raise UserError(f'unknown key {where}.{k}{mixing._did_you_mean(k, LOADER_KEYS)}')
+    mixing._known_keys(loader, LOADER_KEYS, where)
     streams = parse_streams(loader.get('streams'), loader.get('split'), f'{where}.streams')
     sched, notes = mixing.parse_schedule(loader.get('schedule'), list(streams), f'{where}.schedule')
     shuffle = mixing.parse_shuffle(loader.get('shuffle'), f'{where}.shuffle')
