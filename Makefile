@@ -12,8 +12,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 CORPUS_MB ?= 8
 DATA      ?= data
 
-.PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data
-.PHONY: venv data demo test test-fast bench bench-mix lock clean clean-data
+.PHONY: venv data demo test test-fast bench bench-data-prep bench-mix lock clean clean-data
 
 venv: $(STAMP)
 
