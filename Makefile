@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 CORPUS_MB ?= 8
 DATA      ?= data
 
-.PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet bench-models
+.PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet bench-models bench-mix
 
 venv: $(STAMP)
 
@@ -47,11 +47,12 @@ $(DATA)/eval/starter/manifest.json: $(DATA)/corpus/manifest.json
 eval-data: $(DATA)/eval/starter/manifest.json
 
 demo: $(STAMP) data eval-data
-	$(BIN)/composer scripts/train.py yamls/pretrain/tiny-cpu.yaml run_name=demo
+	$(BIN)/composer scripts/train.py yamls/pretrain/tiny-mix-cpu.yaml run_name=demo
 	$(BIN)/python -m foundry_ext report runs/demo
+	$(BIN)/python -m foundry_ext mixplot runs/demo
 	$(BIN)/composer scripts/eval.py yamls/eval/starter.yaml
 	@echo "demo finished: report at runs/demo/report.md (loss curve runs/demo/loss_curve.png),"
-	@echo "               gauntlet at runs/demo/gauntlet/report.md"
+	@echo "               mix weights runs/demo/mix_weights.png, gauntlet runs/demo/gauntlet/report.md"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -80,6 +81,10 @@ bench-models: $(STAMP)
 	$(BIN)/python bench/moe_vs_dense.py
 
 bench: bench-models
+bench: bench-mix
+
+bench-mix: $(STAMP) data
+	$(BIN)/python bench/mixing.py
 
 clean-data:
 	rm -rf $(DATA) runs

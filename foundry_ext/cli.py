@@ -1,4 +1,4 @@
-"""`python -m foundry_ext <verb>`: corpus, tokenizer, report, eval-data."""
+"""`python -m foundry_ext <verb>`: corpus, tokenizer, report, eval-data, mixplot."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +38,11 @@ def _eval_data(a: argparse.Namespace) -> None:
     print(f"starter gauntlet tasks ({', '.join(f'{k} {v}' for k, v in counts.items())}) written to {a.out}")
 
 
+def _mixplot(a: argparse.Namespace) -> None:
+    from foundry_ext.mix_plot import plot_mix
+    print(f'mix plot: {plot_mix(a.run_dir, a.out)}')
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='python -m foundry_ext')
     sub = p.add_subparsers(dest='verb', required=True)
@@ -70,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument('--seed', type=int, default=17)
     g.add_argument('--n', type=int, default=250, help='examples per task (at most)')
     g.set_defaults(fn=_eval_data)
+
+    m = sub.add_parser('mixplot', help='planned vs realized mixture weights of a run -> PNG (mixture loader runs)')
+    m.add_argument('run_dir', help='run folder with metrics.jsonl (or the file itself)')
+    m.add_argument('--out', default=None, help='PNG path (default <run_dir>/mix_weights.png)')
+    m.set_defaults(fn=_mixplot)
 
     a = p.parse_args(argv)
     try:

@@ -246,6 +246,10 @@ def _check_loader(loader: Any, where: str, problems: list[str]) -> None:
     if not isinstance(loader, dict):
         problems.append(f'{where} must be a mapping with name and dataset')
         return
+    if loader.get('name') == 'mixture':
+        from foundry_ext.data.mixture_loader import check_loader
+        check_loader(loader, where, problems)
+        return
     _check_keys(loader, LOADER_KEYS, f'{where}.', problems)
     nw = loader.get('num_workers')
     if nw is not None and (not isinstance(nw, int) or isinstance(nw, bool) or nw < 0):

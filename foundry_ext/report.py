@@ -70,6 +70,17 @@ def _plot(s: dict, out: Path, title: str, baselines: dict[str, float]) -> None:
     plt.close(fig)
 
 
+def _mds_root_of(loader: dict) -> str | None:
+    """The MDS root a train loader reads: ``dataset.root`` (corpus_text) or the common parent
+    of its streams' ``local`` folders (mixture, text with streams)."""
+    root = (loader.get('dataset') or {}).get('root')
+    if root:
+        return root
+    streams = loader.get('streams') or (loader.get('dataset') or {}).get('streams') or {}
+    parents = {str(Path(s['local']).parent) for s in streams.values() if isinstance(s, dict) and s.get('local')}
+    return parents.pop() if len(parents) == 1 else None
+
+
 def write_report(run_dir: str | Path, mds_root: str | Path | None = None) -> Path:
     run = Path(run_dir)
     mfile = run / 'metrics.jsonl'
@@ -83,7 +94,7 @@ def write_report(run_dir: str | Path, mds_root: str | Path | None = None) -> Pat
         hp = run / 'hparams.json'
         if hp.is_file():
             try:
-                mds_root = json.loads(hp.read_text()).get('train_loader', {}).get('dataset', {}).get('root')
+                mds_root = _mds_root_of(json.loads(hp.read_text()).get('train_loader') or {})
             except (ValueError, AttributeError):
                 mds_root = None
     baselines = {}
