@@ -1,4 +1,5 @@
 """Shared tiny data: a ~0.5 MB corpus, a 512-token tokenizer and 64-token MDS, built once."""
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -38,3 +39,13 @@ def tiny_mds(tiny_corpus, tiny_tokenizer):
     out = tiny_corpus.parent / 'mds'
     convert_to_mds(tiny_corpus, tiny_tokenizer, out, concat_tokens=TINY_SEQ)
     return out
+
+
+def tree_digest(folder) -> str:
+    """sha256 over every file's relative path and bytes: equal digests = byte-identical trees."""
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).rglob('*')):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()

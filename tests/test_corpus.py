@@ -1,4 +1,3 @@
-import hashlib
 import json
 
 import pytest
@@ -6,14 +5,7 @@ import pytest
 from foundry_ext.data.corpus import DOMAINS, build_corpus, is_val, iter_texts, list_domains, parse_mix
 from foundry_ext.errors import UserError
 
-
-def _digest(folder):
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob('*')):
-        if p.is_file():
-            h.update(p.relative_to(folder).as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
+from conftest import tree_digest
 
 
 def test_all_domains_with_both_splits(tiny_corpus):
@@ -34,7 +26,7 @@ def test_size_is_respected(tiny_corpus):
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path, tiny_corpus):
     a = build_corpus(tmp_path / 'a', size_mb=0.6, seed=3, val_fraction=0.1)
-    assert _digest(tmp_path / 'a') == _digest(tiny_corpus)
+    assert tree_digest(tmp_path / 'a') == tree_digest(tiny_corpus)
     b = build_corpus(tmp_path / 'b', size_mb=0.6, seed=4, val_fraction=0.1)
     assert a['domains']['arithmetic']['train']['sha256'] != b['domains']['arithmetic']['train']['sha256']
 

@@ -1,6 +1,5 @@
 """data_prep engine: byte compatibility, exact fast tokenization, determinism, robustness."""
 import gzip
-import hashlib
 import json
 import os
 import signal
@@ -16,16 +15,7 @@ from foundry_ext.data.pipeline import PrepConfig, run
 from foundry_ext.data.sources import Source
 from foundry_ext.errors import UserError
 
-from conftest import ROOT, TINY_SEQ
-
-
-def _digest(folder):
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob('*')):
-        if p.is_file():
-            h.update(p.relative_to(folder).as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
+from conftest import ROOT, TINY_SEQ, tree_digest
 
 
 def _rows(folder):
@@ -134,7 +124,7 @@ def test_fast_tokenizer_with_prefix_space(tmp_path, tiny_tokenizer):
 def test_output_same_for_fast_and_hf_tokenizer_paths(tmp_path, tiny_corpus, tiny_tokenizer):
     a = convert_to_mds(tiny_corpus, tiny_tokenizer, tmp_path / 'fast', concat_tokens=TINY_SEQ)
     b = convert_to_mds(tiny_corpus, tiny_tokenizer, tmp_path / 'hf', concat_tokens=TINY_SEQ, tokenizer_impl='hf')
-    assert a == b and _digest(tmp_path / 'fast') == _digest(tmp_path / 'hf')
+    assert a == b and tree_digest(tmp_path / 'fast') == tree_digest(tmp_path / 'hf')
 
 
 # ------------------------------------------------------------------ determinism, parallelism
@@ -145,11 +135,11 @@ def test_byte_identical_for_any_num_proc_with_curation(tmp_path, tiny_corpus, ti
     convert_to_mds(tiny_corpus, tiny_tokenizer, tmp_path / 'p1', num_proc=1, **kw)
     convert_to_mds(tiny_corpus, tiny_tokenizer, tmp_path / 'p2', num_proc=2, **kw)
     convert_to_mds(tiny_corpus, tiny_tokenizer, tmp_path / 'p2b', num_proc=2, **kw)
-    assert _digest(tmp_path / 'p1') == _digest(tmp_path / 'p2') == _digest(tmp_path / 'p2b')
+    assert tree_digest(tmp_path / 'p1') == tree_digest(tmp_path / 'p2') == tree_digest(tmp_path / 'p2b')
     # without curation, parallel output equals the fixture's single-process one
     convert_to_mds(tiny_corpus, tiny_tokenizer, tmp_path / 'plain', concat_tokens=TINY_SEQ, num_proc=2,
                    block_bytes=1 << 14)
-    assert _digest(tmp_path / 'plain') == _digest(tiny_mds)
+    assert tree_digest(tmp_path / 'plain') == tree_digest(tiny_mds)
 
 
 # ------------------------------------------------------------------ robustness
@@ -198,7 +188,7 @@ def test_killed_run_rerun_gives_same_bytes(tmp_path, tiny_tokenizer):
         assert not (tmp_path / 'out').exists()
     assert subprocess.run(cmd + ['--out', str(tmp_path / 'out'), '--overwrite'], capture_output=True).returncode == 0
     assert subprocess.run(cmd + ['--out', str(tmp_path / 'ref')], capture_output=True).returncode == 0
-    assert _digest(tmp_path / 'out') == _digest(tmp_path / 'ref')
+    assert tree_digest(tmp_path / 'out') == tree_digest(tmp_path / 'ref')
     assert not list(tmp_path.glob('.out.*'))
 
 
@@ -264,7 +254,7 @@ def test_one_enormous_document_streams_in_pieces_with_the_same_tokens(tmp_path, 
     pieces = _run(tmp_path, src(), tiny_tokenizer, name='pieces', max_doc_bytes=50_000, block_bytes=20_000)
     assert whole['domains']['big']['train']['docs'] == pieces['domains']['big']['train']['docs'] == 1
     assert whole['curation']['read'] == 1 and pieces['curation']['read'] > 10  # streamed
-    assert _digest(tmp_path / 'whole' / 'big') == _digest(tmp_path / 'pieces' / 'big')  # shards + counts
+    assert tree_digest(tmp_path / 'whole' / 'big') == tree_digest(tmp_path / 'pieces' / 'big')  # shards + counts
     # and as one enormous jsonl line: same tokens as one encode of the whole text
     _jsonl(tmp_path / 'j.jsonl', [{'text': body}])
     _run(tmp_path, [Source('jsonl', 'train', 'big', [tmp_path / 'j.jsonl'])], tiny_tokenizer, name='jl')
@@ -312,7 +302,7 @@ def test_hf_dataset_from_disk(tmp_path, tiny_tokenizer):
     # the same records from a jsonl file give the same MDS bytes
     _jsonl(tmp_path / 'j' / 'ds' / 'train.jsonl', [{'text': _prose(i)} for i in range(40)])
     _run(tmp_path, [Source('jsonl', 'train', 'ds', [tmp_path / 'j' / 'ds' / 'train.jsonl'])], tiny_tokenizer, name='o3')
-    assert _digest(tmp_path / 'o2' / 'ds') == _digest(tmp_path / 'o3' / 'ds')
+    assert tree_digest(tmp_path / 'o2' / 'ds') == tree_digest(tmp_path / 'o3' / 'ds')
     with pytest.raises(UserError, match='hub is offline'):
         hf_sources('someone/some-dataset', None, 'text', 'x')
 
