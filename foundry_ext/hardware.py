@@ -73,19 +73,22 @@ def probe_key(device: str, precision: str) -> str:
     return f'{device}|{precision}|threads={torch.get_num_threads()}|torch={torch.__version__}'
 
 
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def probe_peak(device: str = 'cpu', precision: str = 'fp32', seconds: float = 0.3, size: int = 512,
                use_cache: bool = True) -> float:
-    """Best matmul FLOP/s over ~``seconds`` of square matmuls, cached per device/precision/threads."""
+    """Peak matmul FLOP/s: the best of ~``seconds`` of square matmuls now and of every earlier
+    probe on this device/precision/thread count (cached). A probe taken while the machine was
+    busy reads low; keeping the best one seen means MFU is never inflated by a busy moment."""
     import torch
     key = probe_key(device, precision)
     path = _cache_path()
-    if use_cache:
-        try:
-            v = float(json.loads(path.read_text())[key])
-            if v > 0:
-                return v
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(PRECISION_KEY.get(precision, 'fp32'), torch.float32)
     dev = torch.device(device if device != 'cpu' else 'cpu')
     a = torch.randn(size, size, device=dev, dtype=dtype)
@@ -102,19 +105,21 @@ def probe_peak(device: str = 'cpu', precision: str = 'fp32', seconds: float = 0.
         dt = time.perf_counter() - t0
         if dt > 0:
             best = max(best, 4 * 2 * size ** 3 / dt)
-    if use_cache:
-        try:
-            data = json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, ValueError):
-            data = {}
-        data[key] = best
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
-            tmp.write_text(json.dumps(data, indent=1))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only home only costs a re-probe next time
+    if not use_cache:
+        return best
+    data = _read_cache(path)
+    try:
+        best = max(best, float(data.get(key, 0.0)))
+    except (TypeError, ValueError):
+        pass
+    data[key] = best
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only loses the memory of earlier probes
     return best
 
 

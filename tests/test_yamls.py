@@ -13,7 +13,7 @@ from foundry_ext.models.params import header_line, mpt_param_counts
 from conftest import ROOT
 
 YAMLS = sorted((ROOT / 'yamls' / 'pretrain').glob('*.yaml'))
-OURS = [p for p in YAMLS if p.name != 'tiny-cpu.yaml']
+OURS = YAMLS
 
 
 @pytest.fixture(scope='module')
