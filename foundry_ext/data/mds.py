@@ -74,6 +74,17 @@ def plan_sources(plan: dict[str, dict[str, list[Path]]]) -> list[Source]:
     return sources
 
 
+def special_token_id(tokenizer_dir: Path, tok, name: str) -> int | None:
+    """Id of the special token ``name`` (e.g. ``eos_token``) named in ``tokenizer_config.json``."""
+    cfg = tokenizer_dir / 'tokenizer_config.json'
+    if not cfg.is_file():
+        return None
+    t = json.loads(cfg.read_text()).get(name)
+    if isinstance(t, dict):
+        t = t.get('content')
+    return tok.token_to_id(t) if t else None
+
+
 def load_eos(tokenizer_dir: Path):
     """(tokenizers.Tokenizer, eos_id, vocab_size) from a local HF tokenizer folder."""
     from tokenizers import Tokenizer
@@ -87,14 +98,7 @@ def load_eos(tokenizer_dir: Path):
         raise UserError(f'tokenizer folder {tokenizer_dir} has no tokenizer.json; build one with '
                         f'`python -m foundry_ext tokenizer --out {tokenizer_dir}`')
     tok = Tokenizer.from_file(str(tj))
-    eos = None
-    cfg = tokenizer_dir / 'tokenizer_config.json'
-    if cfg.is_file():
-        eos_tok = json.loads(cfg.read_text()).get('eos_token')
-        if isinstance(eos_tok, dict):
-            eos_tok = eos_tok.get('content')
-        if eos_tok:
-            eos = tok.token_to_id(eos_tok)
+    eos = special_token_id(tokenizer_dir, tok, 'eos_token')
     if eos is None:
         raise UserError(f'tokenizer {tokenizer_dir} defines no eos_token; documents cannot be separated. '
                         'Set eos_token in its tokenizer_config.json')

@@ -370,14 +370,8 @@ def clean_stale_temp(out: Path) -> list[Path]:
 
 
 def _bos_id(tokenizer_dir: Path, tok) -> Optional[int]:
-    cfg = tokenizer_dir / 'tokenizer_config.json'
-    if cfg.is_file():
-        b = json.loads(cfg.read_text()).get('bos_token')
-        if isinstance(b, dict):
-            b = b.get('content')
-        if b:
-            return tok.token_to_id(b)
-    return None
+    from foundry_ext.data.mds import special_token_id
+    return special_token_id(tokenizer_dir, tok, 'bos_token')
 
 
 def _split_rank(s: str) -> tuple:
