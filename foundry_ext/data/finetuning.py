@@ -121,19 +121,16 @@ def convert_finetuning(inputs: list[tuple[str, Path]], tokenizer_dir: str | Path
                                 ex, kind = _example(json.loads(raw.decode('utf-8')), prompt_field,
                                                     response_field, messages_field)
                                 sample = tokenize_formatted_example(ex, tok)
-                            except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
-                                msg = f'{where} is not a usable example ({str(e).splitlines()[0][:200]})'
+                            except Exception as e:  # noqa: BLE001 - ours or llmfoundry's (templates, roles)
+                                first = str(e).splitlines()[0][:200] if str(e) else ''
+                                if isinstance(e, (ValueError, UnicodeDecodeError, KeyError, TypeError)):
+                                    msg = f'{where} is not a usable example ({first})'
+                                    fix = 'fix or remove that line, or leave out --strict'
+                                else:
+                                    msg = f'{where} could not be templated/tokenized ({type(e).__name__}: {first})'
+                                    fix = 'fix that line or pass --chat_template'
                                 if strict:
-                                    raise UserError(f'{msg}; fix or remove that line, or leave out --strict') from None
-                                s['bad_records'] += 1
-                                if len(s['bad_record_examples']) < 5:
-                                    s['bad_record_examples'].append(msg)
-                                continue
-                            except Exception as e:  # llmfoundry's own errors (templates, roles)
-                                msg = f'{where} could not be templated/tokenized ({type(e).__name__}: ' \
-                                      f'{str(e).splitlines()[0][:200] if str(e) else ""})'
-                                if strict:
-                                    raise UserError(f'{msg}; fix that line or pass --chat_template') from None
+                                    raise UserError(f'{msg}; {fix}') from None
                                 s['bad_records'] += 1
                                 if len(s['bad_record_examples']) < 5:
                                     s['bad_record_examples'].append(msg)
