@@ -321,6 +321,8 @@ def test_eval_command_bad_config_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_eval_script_end_to_end_hf_dir(files, gpt2, tok, tmp_path):
+    """`python scripts/eval.py` and `composer -n 2 scripts/eval.py` (examples split over 2 gloo ranks)."""
+    import os
     import subprocess
     import sys
 
@@ -335,15 +337,64 @@ def test_eval_script_end_to_end_hf_dir(files, gpt2, tok, tmp_path):
     gauntlet = tmp_path / 'g.yaml'
     gauntlet.write_text('eval_gauntlet:\n  categories:\n  - {name: a, benchmarks: [{name: mc, num_fewshot: 0, '
                         'random_baseline: 0.33}, {name: lm, num_fewshot: 0}]}\n')
-    out = tmp_path / 'out'
-    r = subprocess.run([sys.executable, 'scripts/eval.py', str(ROOT / 'yamls' / 'eval' / 'starter.yaml'),
-                        f'model={{hf_path: {hf}}}', f'icl_tasks={tasks}', f'eval_gauntlet={gauntlet}',
-                        f'output_dir={out}', f'cache_dir={tmp_path / "cache"}', 'bootstrap_samples=200',
-                        f'compare={{hf_path: {hf}}}'],
+    results = {}
+    for launcher in ([sys.executable], [os.path.join(os.path.dirname(sys.executable), 'composer'), '-n', '2']):
+        out = tmp_path / f'out{len(launcher)}'
+        r = subprocess.run([*launcher, 'scripts/eval.py', str(ROOT / 'yamls' / 'eval' / 'starter.yaml'),
+                            f'model={{hf_path: {hf}}}', f'icl_tasks={tasks}', f'eval_gauntlet={gauntlet}',
+                            f'output_dir={out}', f'cache_dir={out}-cache', 'bootstrap_samples=200',
+                            f'compare={{hf_path: {hf}}}'],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.loads((out / 'results.json').read_text())
+        assert set(res['benchmarks']) == {'mc/0-shot', 'mc/1-shot', 'lm/0-shot'} and 'a' in res['categories']
+        assert all(row['diff'] == 0 for row in res['compare']['rows'])  # same model: zero difference
+        assert (out / 'categories.png').stat().st_size > 5000 and 'core_average' not in r.stdout
+        assert r.stdout.count('gauntlet report:') == 1  # rank 0 alone reports
+        results[res['world_size']] = {k: b['correct'] for k, b in res['benchmarks'].items()}
+    assert results[2] == results[1]
+
+
+def test_shard_assignment_balanced_and_complete():
+    from foundry_ext.gauntlet.shard import Shard
+    sizes = [5, 90, 7, 64, 64, 3, 12, 40, 41]
+    parts = [Shard(r, 3).assign(sizes) for r in range(3)]
+    assert sorted(i for p in parts for i in p) == list(range(len(sizes)))
+    assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+    tokens = [sum(sizes[i] for i in p) for p in parts]
+    assert max(tokens) - min(tokens) <= 3  # largest first, dealt back and forth: 109, 109, 108
+    assert Shard().assign(sizes) == list(range(len(sizes))) and Shard().gather([0, 1], ['a', 'b'], 2) == ['a', 'b']
+    with pytest.raises(ValueError):
+        Shard(2, 2)
+
+
+@pytest.mark.slow
+def test_sharded_over_two_processes_equals_one_process(files, tiny_tokenizer, tmp_path):
+    """2 gloo processes: examples split over ranks (whole model on each, and one FSDP-sharded model with
+    lockstep forwards) give per-example results identical to one process."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    tasks = [{'label': 'mc', 'dataset_uri': files['mc'], 'icl_task_type': 'multiple_choice', 'num_fewshot': [0, 2]},
+             {'label': 'schema', 'dataset_uri': files['schema'], 'icl_task_type': 'schema', 'num_fewshot': [1]},
+             {'label': 'lm', 'dataset_uri': files['lm'], 'icl_task_type': 'language_modeling', 'num_fewshot': [0],
+              'limit': 25},
+             {'label': 'gen', 'dataset_uri': files['gen'], 'icl_task_type': 'generation_task_with_answers',
+              'num_fewshot': [1], 'limit': 7}]
+    (tmp_path / 'tasks.json').write_text(json.dumps(tasks))
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                        str(ROOT / 'tests' / 'dist_gauntlet_worker.py'), str(tiny_tokenizer),
+                        str(tmp_path / 'tasks.json'), str(tmp_path)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads((out / 'results.json').read_text())
-    assert set(res['benchmarks']) == {'mc/0-shot', 'mc/1-shot', 'lm/0-shot'} and 'a' in res['categories']
-    assert all(row['diff'] == 0 for row in res['compare']['rows'])  # same model: zero difference
-    assert (out / 'categories.png').stat().st_size > 5000 and 'core_average' not in r.stdout
-    assert 'gauntlet report:' in r.stdout
+    assert r.returncode == 0, r.stderr[-3000:]
+    load = lambda name: json.loads((tmp_path / f'{name}.json').read_text())  # noqa: E731
+    single = load('single-rank0')
+    assert single['world'] == 1 and not single['errors']
+    assert set(single['correct']) == {'mc/0-shot', 'mc/2-shot', 'schema/1-shot', 'lm/0-shot', 'gen/1-shot'}
+    assert len(single['correct']['lm/0-shot']) == 25 and len(single['correct']['gen/1-shot']) == 7
+    for what in ('sharded', 'fsdp'):
+        for rank in (0, 1):
+            got = load(f'{what}-rank{rank}')
+            assert got['world'] == 2, what
+            assert got['correct'] == single['correct'], (what, rank)

@@ -6,7 +6,9 @@ Registered in ``llmfoundry_callbacks``, so an LLM Foundry yaml can say::
       gauntlet: {icl_tasks: eval/starter/tasks.yaml, eval_gauntlet: eval/starter/gauntlet.yaml, interval: 100ba}
 
 and the run logs ``gauntlet/<task>/<k>-shot``, ``gauntlet/category/<name>`` and
-``gauntlet/average/<name>``. A thin adapter over :mod:`foundry_ext.gauntlet.runner`.
+``gauntlet/average/<name>``. A thin adapter over :mod:`foundry_ext.gauntlet.runner`. In a multi-GPU
+run each rank scores its share of the examples; under FSDP the ranks call the sharded model in
+lockstep (:mod:`foundry_ext.gauntlet.shard`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from foundry_ext.errors import UserError
 from foundry_ext.gauntlet import composite as comp
 from foundry_ext.gauntlet.models import wrap
 from foundry_ext.gauntlet.runner import parse_tasks, run_gauntlet
+from foundry_ext.gauntlet.shard import Shard
 from foundry_ext.gauntlet.tasks import load_tasks_file
 
 log = logging.getLogger(__name__)
@@ -65,13 +68,14 @@ class GauntletCallback(Callback):
         device = next(hf.parameters()).device
         lm = wrap(hf, tok, f'step {step}', self.max_seq_len or getattr(getattr(hf, 'config', None), 'max_seq_len', None),
                   model_hash='training', device=str(device))
+        shard = Shard.detect(lockstep=bool(getattr(state, 'fsdp_enabled', False)))
         try:
             with torch.no_grad():
                 results = run_gauntlet(lm, self.tasks, self.gauntlet, max_rows=self.batch_size, bootstrap_samples=0,
-                                       log=lambda s: log.info('gauntlet: %s', s))
+                                       log=lambda s: log.info('gauntlet: %s', s), shard=shard)
         finally:
             hf.train(was_training)
-        for e in results['errors']:
+        for e in results['errors'] if shard.rank == 0 else ():
             log.warning('gauntlet: %s', e)
         logger.log_metrics(metrics_from_results(results))
 

@@ -2,6 +2,8 @@
 
 The yaml is validated before torch or LLM Foundry are imported. ``icl_tasks`` and
 ``eval_gauntlet`` are LLM Foundry's formats (inline, or a path to their yaml files).
+Under ``composer -n N`` (or torchrun) every process loads the model on its own device and scores
+1/N of each task's examples; rank 0 prints the table and writes the report.
 """
 from __future__ import annotations
 
@@ -82,12 +84,38 @@ def _evaluate(model_spec, cfg, tasks, gauntlet, errors, log):
     spec = dict(model_spec)
     if cfg.get('max_seq_len') and not spec.get('max_seq_len'):
         spec['max_seq_len'] = cfg['max_seq_len']
-    lm = load_model(spec, cfg.get('device'))
+    lm = load_model(spec, _rank_device(cfg.get('device')))
     log(f'model {lm.name} on {lm.device}, max_seq_len {lm.max_seq_len}')
     return run_gauntlet(lm, tasks, gauntlet, cfg.get('max_seq_len'), cfg.get('device_eval_batch_size', 64),
                         cfg.get('max_tokens_per_batch', 16384), cfg.get('cache_dir'),
                         cfg.get('bootstrap_samples', 1000), cfg.get('seed', 17), cfg.get('confidence_level', 0.95),
                         errors, log, cfg.get('kv_cache', True))
+
+
+def _rank_device(device: str | None) -> str | None:
+    """``cuda`` (or no device on a GPU machine) means this process's GPU in a distributed run."""
+    import torch
+    if device not in (None, 'cuda') or not torch.cuda.is_available():
+        return device
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def init_distributed() -> bool:
+    """Join the process group the launcher describes (WORLD_SIZE > 1); nccl on GPUs, gloo on CPU."""
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+        for k in ('MASTER_ADDR', 'MASTER_PORT', 'RANK'):
+            if k not in os.environ:
+                raise UserError(f'WORLD_SIZE is set but {k} is not; launch with `composer -n N scripts/eval.py ...` '
+                                'or torchrun')
+        dist.init_process_group('nccl' if cuda else 'gloo')
+    return True
 
 
 def run(cfg: dict[str, Any], log=print) -> dict[str, Any]:
@@ -109,6 +137,8 @@ def run(cfg: dict[str, Any], log=print) -> dict[str, Any]:
         other = _results_or_model(cfg['compare'], cfg, tasks, gauntlet, [], log)
         results['compare'] = compare(results, other, gauntlet, cfg.get('bootstrap_samples', 1000),
                                      cfg.get('seed', 17), cfg.get('confidence_level', 0.95))
+    if int(os.environ.get('RANK', '0')) != 0:
+        return results  # every rank holds the full results; rank 0 reports them
     out = Path(cfg.get('output_dir') or f"runs/{results['run_name']}/gauntlet")
     write_outputs(results, out)
     print(table(results))
@@ -122,9 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = prepare(argv)
-        if int(os.environ.get('RANK', '0')) != 0:
-            return 0  # one process scores; multi-GPU sharding is not implemented
-        results = run(cfg)
+        distributed = init_distributed()
+        rank = int(os.environ.get('RANK', '0'))
+        results = run(cfg, log=print if rank == 0 else (lambda s: None))
     except UserError as e:
         return exit_with(e)
+    if distributed:
+        import torch.distributed as dist
+        dist.destroy_process_group()
     return 1 if not results['benchmarks'] else 0

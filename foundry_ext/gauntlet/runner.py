@@ -2,10 +2,13 @@
 
 Used by ``scripts/eval.py`` and by the in-training callback. No Composer import. A task that
 cannot run (missing file, bad line, unknown type, too few examples for its shots) becomes one
-error line in the results; the other tasks still run.
+error line in the results; the other tasks still run. In a distributed run the examples of each
+task are split over the ranks (:mod:`foundry_ext.gauntlet.shard`) and every rank ends with the
+same full results; rank 0 alone logs and writes the cache.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -19,6 +22,7 @@ from foundry_ext.gauntlet import composite as comp
 from foundry_ext.gauntlet.models import LoadedModel
 from foundry_ext.gauntlet.prompts import build_items
 from foundry_ext.gauntlet.scoring import generation_correct, greedy_generate, score_items
+from foundry_ext.gauntlet.shard import Shard
 from foundry_ext.gauntlet.tasks import TaskSpec, check_fewshot, load_examples, task_from_cfg
 
 
@@ -65,9 +69,37 @@ class ResultCache:
 
 
 def score_task(lm: LoadedModel, task: TaskSpec, examples: list[dict], shot: int, max_seq_len: int,
-               max_rows: int = 64, max_tokens: int = 16384, use_kv_cache: bool = True) -> list[int]:
-    """Per-example 0/1 correctness of ``task`` at ``shot`` shots."""
+               max_rows: int = 64, max_tokens: int = 16384, use_kv_cache: bool = True,
+               shard: Optional[Shard] = None) -> list[int]:
+    """Per-example 0/1 correctness of ``task`` at ``shot`` shots (this rank scores its share)."""
     items = build_items(task, examples, lm.tokenizer, shot, max_seq_len)
+    shard = shard or Shard()
+    if not shard.active:
+        return _score(lm, task, items, max_rows, max_tokens, use_kv_cache)
+    mine = shard.assign([sum(len(c) + len(x) for c, x in zip(it.contexts, it.continuations)) + it.max_new_tokens
+                         for it in items])
+    step = None
+    if shard.lockstep:
+        plain = lm  # the dummy call must not go through the counting wrapper
+        step = shard.in_lockstep(lambda: _dummy_forward(plain), lm.device)
+        lm = dataclasses.replace(lm, forward=step.wrap(lm.forward), forward_cached=step.wrap(lm.forward_cached))
+    correct = _score(lm, task, [items[i] for i in mine], max_rows, max_tokens, use_kv_cache)
+    if step is not None:
+        step.drain()
+    return shard.gather(mine, correct, len(items))
+
+
+def _dummy_forward(lm: LoadedModel) -> None:
+    import torch
+    ids = torch.zeros((1, 1), dtype=torch.long, device=lm.device)
+    with torch.no_grad():
+        lm.forward(ids, torch.ones_like(ids, dtype=torch.bool))
+
+
+def _score(lm: LoadedModel, task: TaskSpec, items: list, max_rows: int, max_tokens: int,
+           use_kv_cache: bool) -> list[int]:
+    if not items:
+        return []
     rows = task.batch_size or max_rows
     if task.icl_task_type == 'generation_task_with_answers':
         tok = lm.tokenizer
@@ -90,9 +122,16 @@ def run_gauntlet(lm: LoadedModel, tasks: list[TaskSpec], gauntlet: Optional[comp
                  max_seq_len: Optional[int] = None, max_rows: int = 64, max_tokens: int = 16384,
                  cache_dir=None, bootstrap_samples: int = 1000, seed: int = 17, level: float = 0.95,
                  errors: Optional[list[str]] = None, log: Callable[[str], None] = print,
-                 use_kv_cache: bool = True) -> dict[str, Any]:
-    """Score every (task, shot), then the composite and intervals. Returns the results dict."""
+                 use_kv_cache: bool = True, shard: Optional[Shard] = None) -> dict[str, Any]:
+    """Score every (task, shot), then the composite and intervals. Returns the results dict.
+
+    ``shard``: how examples are split over ranks; by default the initialized process group, if any
+    (pass ``Shard.detect(lockstep=True)`` when the model is FSDP-sharded).
+    """
     errors = list(errors or [])
+    shard = shard or Shard.detect()
+    if shard.rank != 0:
+        log = _silent
     msl = int(max_seq_len or lm.max_seq_len)
     cache = ResultCache(cache_dir)
     benches: dict[str, dict] = {}
@@ -110,11 +149,13 @@ def run_gauntlet(lm: LoadedModel, tasks: list[TaskSpec], gauntlet: Optional[comp
                 check_fewshot(task, shot, len(examples))
                 key = task.key(shot, msl)
                 t0 = time.perf_counter()
-                c = cache.get(lm.model_hash, task.label, shot, key)
+                # Rank 0 decides (other nodes may not see its cache folder).
+                c = shard.broadcast(cache.get(lm.model_hash, task.label, shot, key) if shard.rank == 0 else None)
                 cached = c is not None and len(c) == len(examples)
                 if not cached:
-                    c = score_task(lm, task, examples, shot, msl, max_rows, max_tokens, use_kv_cache)
-                    cache.put(lm.model_hash, task.label, shot, key, c)
+                    c = score_task(lm, task, examples, shot, msl, max_rows, max_tokens, use_kv_cache, shard)
+                    if shard.rank == 0:
+                        cache.put(lm.model_hash, task.label, shot, key, c)
             except UserError as e:
                 errors.append(str(e))
                 continue
@@ -126,6 +167,7 @@ def run_gauntlet(lm: LoadedModel, tasks: list[TaskSpec], gauntlet: Optional[comp
             log(f'{k:<32} acc {benches[k]["accuracy"]:.4f}  n={len(c):<5} '
                 f'{"(cached)" if cached else f"{dt:.1f}s"}')
     out: dict[str, Any] = {'model': {'name': lm.name, 'hash': lm.model_hash}, 'max_seq_len': msl,
+                           'world_size': shard.world,
                            'benchmarks': benches, 'categories': {}, 'averages': {}, 'errors': errors}
     if gauntlet is not None:
         g, errs = comp.check_benchmarks(gauntlet, set(benches) | _declared(tasks))
@@ -153,6 +195,10 @@ def run_gauntlet(lm: LoadedModel, tasks: list[TaskSpec], gauntlet: Optional[comp
     out['bootstrap'] = {'samples': bootstrap_samples, 'level': level, 'seed': seed}
     out['seconds'] = round(time.perf_counter() - t_all, 3)
     return out
+
+
+def _silent(_msg: str) -> None:
+    pass
 
 
 def _declared(tasks: list[TaskSpec]) -> set[str]:
