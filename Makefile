@@ -73,6 +73,7 @@ bench: bench-mfu
 # Our gauntlet scorer vs LLM Foundry's ICL evaluator on real tasks from ../shared/eval_data.
 bench-gauntlet: $(STAMP) data
 	$(BIN)/python bench/gauntlet_vs_foundry.py --limit 200
+	$(BIN)/python bench/gauntlet_sharding.py --ranks 2
 
 bench: bench-gauntlet
 # Attention/MoE benchmarks (pure torch): MFU of ~1B dense / MoE models (SKIP without CUDA), MoE vs dense FFN.

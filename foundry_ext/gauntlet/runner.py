@@ -76,8 +76,11 @@ def score_task(lm: LoadedModel, task: TaskSpec, examples: list[dict], shot: int,
     shard = shard or Shard()
     if not shard.active:
         return _score(lm, task, items, max_rows, max_tokens, use_kv_cache)
-    mine = shard.assign([sum(len(c) + len(x) for c, x in zip(it.contexts, it.continuations)) + it.max_new_tokens
-                         for it in items])
+    sizes = [sum(len(c) + len(x) for c, x in zip(it.contexts, it.continuations)) + it.max_new_tokens for it in items]
+    # Choice and generation tasks batch questions by context length (shared-context KV cache, unpadded
+    # decoding): keep those groups on one rank. LM tasks batch by total length.
+    keys = sizes if task.icl_task_type == 'language_modeling' else [len(it.contexts[0]) for it in items]
+    mine = shard.assign(sizes, keys)
     step = None
     if shard.lockstep:
         plain = lm  # the dummy call must not go through the counting wrapper

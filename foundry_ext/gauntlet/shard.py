@@ -40,13 +40,33 @@ class Shard:
     def active(self) -> bool:
         return self.world > 1
 
-    def assign(self, sizes: Sequence[int]) -> list[int]:
-        """Indices this rank scores: examples sorted largest first and dealt back and forth
-        (0, 1, .., N-1, N-1, .., 0, 0, ..), so every rank gets a similar number of examples and of tokens."""
-        order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
-        w = self.world
-        return sorted(i for k, i in enumerate(order)
-                      if (k % w if (k // w) % 2 == 0 else w - 1 - k % w) == self.rank)
+    def assign(self, sizes: Sequence[int], keys: Optional[Sequence[Any]] = None) -> list[int]:
+        """Indices this rank scores.
+
+        Examples with the same ``key`` stay together (the scorer batches equal context lengths without
+        padding and runs a shared context once, so splitting such a group would cost extra forwards);
+        a group larger than an even share is cut into even-share pieces. Pieces go, largest first, to
+        the rank with the fewest tokens so far (ties: lower rank), so ranks get similar token counts.
+        ``keys`` default to ``sizes``.
+        """
+        n = len(sizes)
+        if self.world == 1:
+            return list(range(n))
+        keys = sizes if keys is None else keys
+        groups: dict[Any, list[int]] = {}
+        for i in sorted(range(n), key=lambda i: (-sizes[i], i)):
+            groups.setdefault(keys[i], []).append(i)
+        share = max(1, -(-n // self.world))
+        pieces = [g[s:s + share] for g in groups.values() for s in range(0, len(g), share)]
+        pieces.sort(key=lambda p: (-sum(sizes[i] for i in p), p[0]))
+        load = [0] * self.world
+        mine: list[int] = []
+        for p in pieces:
+            r = min(range(self.world), key=lambda r: (load[r], r))
+            load[r] += sum(sizes[i] for i in p)
+            if r == self.rank:
+                mine += p
+        return sorted(mine)
 
     def gather(self, mine: Sequence[int], values: Sequence[Any], n: int) -> list[Any]:
         """Every rank's ``values`` (for indices ``mine``) put back in example order, on every rank."""
