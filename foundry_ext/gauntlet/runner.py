@@ -77,8 +77,12 @@ def score_task(lm: LoadedModel, task: TaskSpec, examples: list[dict], shot: int,
             return bool(stops) and any(s in tok.decode(ids[-8:]) for s in stops)
 
         outs = greedy_generate(lm.forward, [it.contexts[0] for it in items], items[0].max_new_tokens,
-                               tok.eos_token_id, lm.device, rows, stop_fn)
+                               tok.eos_token_id, lm.device, rows, stop_fn,
+                               lm.forward_cached if use_kv_cache else None)
         texts = tok.batch_decode(outs, skip_special_tokens=True)
+        from foundry_ext.gauntlet.prompts import needs_prefix_space
+        if not needs_prefix_space(tok):  # as Composer's eval_forward, for SentencePiece-style tokenizers
+            texts = [' ' + x for x in texts]
         return [int(generation_correct(t, it.aliases, stops, task.cot_delimiter, task.do_normalization))
                 for t, it in zip(texts, items)]
     res = score_items(lm.forward, items, task.icl_task_type, lm.pad_id, lm.device, rows, max_tokens,
