@@ -469,13 +469,19 @@ def test_starter_generation_is_deterministic(tiny_corpus, tmp_path):
     assert set(a) == set(TASKS) and all(v >= 10 for v in a.values())
     for t in TASKS:
         assert (tmp_path / 'a' / f'{t}.jsonl').read_bytes() == (tmp_path / 'b' / f'{t}.jsonl').read_bytes()
+    types = {'records_field_schema': 'schema', 'arithmetic_gen': 'generation_task_with_answers'}
     tasks, errs = parse_tasks([{'label': t, 'dataset_uri': str(tmp_path / 'a' / f'{t}.jsonl'), 'num_fewshot': [0],
-                                'icl_task_type': {'records_field_schema': 'schema'}.get(
-                                    t, 'multiple_choice' if t.endswith('_mc') else 'language_modeling')}
+                                'icl_task_type': types.get(t, 'multiple_choice' if t.endswith('_mc')
+                                                           else 'language_modeling')}
                                for t in TASKS])
     assert not errs
     for t in tasks:
         assert len(load_examples(t)) >= 10
+    gen = [json.loads(x) for x in (tmp_path / 'a' / 'arithmetic_gen.jsonl').read_text().splitlines()]
+    assert len({g['context'] for g in gen}) == len(gen)  # each question once: few-shot never shows the answer
+    for g in gen:
+        a, b = g['context'].rstrip(' =').split(' + ')
+        assert g['answer'] == str(int(a) + int(b)) and g['answer'] in g['aliases']
 
 
 def test_callback_registered_and_logs_metrics(files, gpt2, tok):
