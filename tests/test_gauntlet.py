@@ -167,8 +167,9 @@ def test_generation_task_runs(files, gpt2):
 # --- generation_task_with_answers vs LLM Foundry's evaluator -----------------------------------
 
 def _foundry_gen_dataset(path, tok, tmp_path, seq=128, **kw):
-    from llmfoundry.eval.datasets.in_context_learning_evaluation import InContextLearningGenerationTaskWithAnswersDataset
-    ds = InContextLearningGenerationTaskWithAnswersDataset(
+    from llmfoundry.eval.datasets.in_context_learning_evaluation import (
+        InContextLearningGenerationTaskWithAnswersDataset as GenDataset)
+    ds = GenDataset(
         dataset_uri=path, tokenizer=tok, max_seq_len=seq, pad_tok_id=tok.pad_token_id,
         destination_path=str(tmp_path / f'gen-{len(list(tmp_path.iterdir()))}.jsonl'), **kw)
     return ds

@@ -34,8 +34,8 @@ from typing import Iterator
 from foundry_ext.atomic import atomic_dir
 from foundry_ext.errors import UserError
 
-TASKS = ('arithmetic_lm', 'arithmetic_gen', 'records_field_mc', 'records_field_schema', 'code_next_word', 'code_mc',
-         'prose_cloze', 'prose_mc')
+TASKS = ('arithmetic_lm', 'arithmetic_gen', 'records_field_mc', 'records_field_schema', 'code_next_word',
+         'code_mc', 'prose_cloze', 'prose_mc')
 
 
 def _docs(corpus: Path, domain: str) -> list[str]:

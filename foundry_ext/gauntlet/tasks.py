@@ -51,6 +51,8 @@ class TaskSpec:
         cfg = {k: v for k, v in self.__dict__.items() if k not in ('num_fewshot', 'batch_size', 'label')}
         if cfg['max_new_tokens'] is None:
             del cfg['max_new_tokens']  # keys of tasks without it stay as they were
+        if self.icl_task_type == 'generation_task_with_answers':
+            cfg['scorer'] = 2  # generation scoring was corrected to match LLM Foundry: older cached results are stale
         h.update(json.dumps({**cfg, 'shot': shot, 'max_seq_len': max_seq_len}, sort_keys=True).encode())
         try:
             h.update(Path(self.dataset_uri).read_bytes())
@@ -99,7 +101,8 @@ def task_from_cfg(cfg: dict[str, Any], base_dir: str | Path | None = None) -> Ta
     except re.error as e:
         raise UserError(f'{where}: early_stopping_criteria {stops!r} are joined into one regular expression '
                         f'(as LLM Foundry does) and that fails ({e}); escape the special characters') from None
-    max_new = _generation_kwargs(cfg.get('generation_kwargs'), where) if ttype == 'generation_task_with_answers' else None
+    gen = ttype == 'generation_task_with_answers'
+    max_new = _generation_kwargs(cfg.get('generation_kwargs'), where) if gen else None
     return TaskSpec(
         label=str(label), dataset_uri=uri, icl_task_type=ttype, num_fewshot=shots,
         continuation_delimiter=str(cfg.get('continuation_delimiter', ' ')),
@@ -133,8 +136,8 @@ def _generation_kwargs(kw: Any, where: str) -> int | None:
             continue
         if k not in _GREEDY_NOOPS or (_GREEDY_NOOPS[k] is not None and v != _GREEDY_NOOPS[k]):
             raise UserError(f'{where}: generation_kwargs {k}={v!r} is not supported (greedy decoding only; '
-                            'supported: max_new_tokens, use_cache, pad_token_id, do_sample: false, num_beams: 1); '
-                            'remove it')
+                            'supported: max_new_tokens, use_cache, pad_token_id, do_sample: false, num_beams: 1, '
+                            'and temperature/top_p/top_k, which greedy decoding ignores); remove it')
     if 'max_new_tokens' in kw:
         m = kw['max_new_tokens']
         if not isinstance(m, int) or isinstance(m, bool) or m < 1:
