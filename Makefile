@@ -41,7 +41,7 @@ $(DATA)/mds/stats.json: $(DATA)/tokenizer/tokenizer.json
 data: $(DATA)/mds/stats.json
 
 # Starter gauntlet task files: generated from the corpus's held-out split (deterministic, seconds).
-$(DATA)/eval/starter/manifest.json: $(DATA)/corpus/manifest.json
+$(DATA)/eval/starter/manifest.json: $(DATA)/corpus/manifest.json foundry_ext/gauntlet/starter.py
 	$(BIN)/python -m foundry_ext eval-data --corpus $(DATA)/corpus --out $(DATA)/eval/starter
 
 eval-data: $(DATA)/eval/starter/manifest.json

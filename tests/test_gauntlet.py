@@ -164,6 +164,201 @@ def test_generation_task_runs(files, gpt2):
     assert not errs and r['benchmarks']['gen/1-shot']['n'] == 10
 
 
+# --- generation_task_with_answers vs LLM Foundry's evaluator -----------------------------------
+
+def _foundry_gen_dataset(path, tok, tmp_path, seq=128, **kw):
+    from llmfoundry.eval.datasets.in_context_learning_evaluation import (
+        InContextLearningGenerationTaskWithAnswersDataset as GenDataset)
+    ds = GenDataset(
+        dataset_uri=path, tokenizer=tok, max_seq_len=seq, pad_tok_id=tok.pad_token_id,
+        destination_path=str(tmp_path / f'gen-{len(list(tmp_path.iterdir()))}.jsonl'), **kw)
+    return ds
+
+
+GEN_PROMPT_CASES = {  # rows, task settings: what each case exercises
+    'plain': (lambda s, i: {'context': s(4), 'answer': s(1 + i % 3), 'aliases': [s(1)]}, {}),
+    # answers padded with whitespace: LLM Foundry sizes max_new_tokens before it strips them
+    'unstripped': (lambda s, i: {'context': s(4) + '  ', 'answer': ' ' + s(1 + i % 2) + ' \n\n \n'},
+                   {'continuation_delimiter': '\nA:', 'prompt_string': 'Answer.', 'question_prelimiter': 'Q: '}),
+    'cot': (lambda s, i: {'context': s(3), 'answer': s(1), 'chain_of_thought': ' ' + s(2 + i % 4) + ' '},
+            {'cot_delimiter': ' #### ', 'example_delimiter': '\n\n'}),
+    'max_new_tokens': (lambda s, i: {'context': s(3), 'answer': s(1)}, {'generation_kwargs': {'max_new_tokens': 9}}),
+}
+
+
+@pytest.mark.parametrize('case', list(GEN_PROMPT_CASES))
+def test_generation_prompts_and_lengths_identical_to_llmfoundry(tok, tmp_path, case):
+    make, extra = GEN_PROMPT_CASES[case]
+    rng = random.Random(5)
+    s = lambda k: ' '.join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
+    path = _write(tmp_path / f'{case}.jsonl', [make(s, i) for i in range(12)])
+    cfg = {'label': case, 'dataset_uri': path, 'icl_task_type': 'generation_task_with_answers', 'num_fewshot': [2],
+           'fewshot_random_seed': 3, **extra}
+    t = task_from_cfg(cfg)
+    seq = 48  # short enough that some few-shot prompts are left-trimmed
+    items = build_items(t, load_examples(t), tok, 2, seq)
+    kw = {k: v for k, v in extra.items() if k != 'question_prelimiter'}
+    if 'question_prelimiter' in extra:
+        kw['prelimiter'] = extra['question_prelimiter']
+    ds = _foundry_gen_dataset(path, tok, tmp_path, seq=seq, num_fewshot=2, fewshot_random_seed=3, **kw)
+    assert len(ds) == len(items)
+    assert items[0].max_new_tokens == ds.base_batch['generation_kwargs']['max_new_tokens']
+    for i, it in enumerate(items):
+        padded = ds[i]['context']
+        assert len(padded) == ds.padding_size  # left-padded to max_seq_len - longest answer
+        n_pad = len(padded) - len(it.contexts[0])
+        assert padded[:n_pad] == [tok.pad_token_id] * n_pad and padded[n_pad:] == it.contexts[0]
+        assert set(it.aliases) == {a.strip() for a in ds[i]['aliases']}
+
+
+def _foundry_generation_eval(model, tok, cfg, tmp_path, seq=128, batch=16):
+    """LLM Foundry's evaluator as its eval script runs it: build_icl_evaluators + Composer Trainer.eval on
+    the HF model wrapped by Composer (eval_forward -> HF generate with left padding). Returns the
+    accuracy and, per example, the generated text and the metric's 0/1."""
+    import copy
+
+    from composer import Callback, Trainer
+    from composer.models import HuggingFaceModel
+    from llmfoundry.utils.builders import build_icl_evaluators
+
+    from llmfoundry.eval.metrics import InContextLearningGenerationExactMatchAccuracy
+    seen = {'out': [], 'ok': []}
+
+    class Grab(Callback):  # each generated text, and the metric's verdict on it alone
+        def eval_after_forward(self, state, logger):
+            seen['out'] += list(state.outputs)
+            for out, labels in zip(state.outputs, state.model.labels):
+                m = InContextLearningGenerationExactMatchAccuracy()
+                m.update(state.batch, [out], [labels])
+                seen['ok'].append(int(m.compute()))
+
+    tmp_path.mkdir(exist_ok=True)
+    evaluators, _ = build_icl_evaluators([copy.deepcopy(cfg)], tok, seq, batch, destination_dir=str(tmp_path))
+    hf = HuggingFaceModel(model, tokenizer=tok, use_logits=True,  # the metric LLM Foundry's models carry
+                          eval_metrics=[InContextLearningGenerationExactMatchAccuracy()])
+    trainer = Trainer(model=hf, eval_dataloader=evaluators,
+                      device='cpu', progress_bar=False, log_to_console=False, loggers=[], callbacks=[Grab()],
+                      precision='fp32')
+    trainer.eval()
+    label = f"{cfg['label']}/{cfg['num_fewshot'][0]}-shot"
+    acc = float(trainer.state.eval_metrics[label]['InContextLearningGenerationExactMatchAccuracy'].compute())
+    return acc, seen['out'], seen['ok']
+
+
+def _informative_generation_file(lm, tok, path, n=16, shot=2):
+    """A generation file a random model scores about half on: every answer is a fixed 8-word phrase
+    (so the longest answer, hence max_new_tokens, does not depend on what is chosen below); the
+    model's own greedy output for each prompt picks the early-stopping string and the aliases:
+    half the examples get the start (<= 3 characters, shorter than any answer) of their
+    stop-truncated, normalized output, the others a miss, including one whose alias matches only
+    the text *after* the stop."""
+    import re as _re
+
+    from foundry_ext.gauntlet.prompts import needs_prefix_space
+    rng = random.Random(11)
+    s = lambda k: ' '.join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
+    rows = [{'context': s(4), 'answer': s(8), 'aliases': []} for _ in range(n)]
+    _write(path, rows)
+    t = task_from_cfg({'label': 'g', 'dataset_uri': str(path), 'icl_task_type': 'generation_task_with_answers',
+                       'num_fewshot': [shot]})
+    items = build_items(t, load_examples(t), tok, shot, 128)
+    outs = greedy_generate(lm.forward, [it.contexts[0] for it in items], items[0].max_new_tokens, tok.eos_token_id,
+                           forward_cached=lm.forward_cached)
+    seen = [('' if needs_prefix_space(tok) else ' ') + x for x in tok.batch_decode(outs, skip_special_tokens=True)]
+    # stop 1: three word characters from the middle of one output (so it truncates there);
+    # stop 2: the start of another output (truncates it to nothing)
+    cut = next(i for i, x in enumerate(seen) if _re.search(r'\w{3}', x[4:]))
+    stop1 = _re.search(r'\w{3}', seen[cut][4:]).group()
+    first = next(i for i, x in enumerate(seen) if i != cut and _re.match(r'[ \w]{2}\w', x))
+    stop2 = seen[first][:3]
+    stops = [stop1, stop2]
+    trunc = [_re.split('|'.join(stops), x)[0] for x in seen]
+    hits = []
+    for i, (x, tr) in enumerate(zip(seen, trunc)):
+        words, full = normalize_answer(tr).split(), normalize_answer(x).split()
+        if i == first:
+            rows[i]['aliases'] = [full[0][:3]]  # right only if the stop were ignored
+        elif i % 2 == 0 and words:
+            rows[i]['aliases'] = [words[0][:3].upper(), 'zq' + words[0][:3]]  # normalization lower-cases it
+            hits.append(i)
+        else:
+            rows[i]['aliases'] = ['zqzq']
+    _write(path, rows)
+    return stops, hits, trunc, seen, first
+
+
+def _metaspace_tokenizer(corpus):
+    """A SentencePiece-style tokenizer (' a' is two tokens): Composer prepends a space to its generations."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from foundry_ext.data.corpus import iter_texts
+    t = Tokenizer(models.BPE(unk_token='<unk>'))
+    t.normalizer = normalizers.Prepend('▁')  # a dummy prefix, as SentencePiece: ' a' -> '▁▁a'
+    t.pre_tokenizer = pre_tokenizers.Metaspace()
+    t.decoder = decoders.Metaspace()
+    t.train_from_iterator(iter_texts(corpus), trainers.BpeTrainer(
+        vocab_size=512, special_tokens=['<unk>', '</s>', '<pad>'], show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=t, eos_token='</s>', pad_token='<pad>', unk_token='<unk>')
+
+
+@pytest.mark.parametrize('which', ['gpt2', 'mpt', 'mpt-metaspace'])
+def test_generation_accuracy_equals_llmfoundry_evaluator(which, request, tmp_path, tiny_corpus):
+    """Same file, same weights: LLM Foundry's generation evaluator and ours give the same outputs
+    (up to the first stop string), the same per-example 0/1 and the same non-trivial accuracy.
+    gpt2 has absolute positions, mpt rotary ones (LLM Foundry left-pads, we do not pad); the
+    metaspace tokenizer checks the space Composer puts in front of SentencePiece generations."""
+    import re as _re
+    if which == 'mpt-metaspace':
+        from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
+        tk = _metaspace_tokenizer(tiny_corpus)
+        torch.manual_seed(2)
+        cfg = MPTConfig(d_model=32, n_heads=2, n_layers=2, max_seq_len=128, vocab_size=len(tk), init_device='cpu',
+                        attn_config={'attn_impl': 'torch', 'rope': True, 'rope_impl': 'hf', 'alibi': False})
+        lm = wrap(MPTForCausalLM(cfg), tk, 'tiny-mpt-metaspace', 128, device='cpu')
+    else:
+        lm = request.getfixturevalue(which)
+    tok = lm.tokenizer
+    path = tmp_path / 'gen.jsonl'
+    stops, hits, trunc, seen, first = _informative_generation_file(lm, tok, path)
+    cfg = {'label': 'gen', 'dataset_uri': str(path), 'icl_task_type': 'generation_task_with_answers',
+           'num_fewshot': [2], 'early_stopping_criteria': stops}
+    tasks, errs = parse_tasks([cfg])
+    r = run_gauntlet(lm, tasks, bootstrap_samples=0, log=lambda s: None)
+    b = r['benchmarks']['gen/2-shot']
+    theirs, their_out, their_ok = _foundry_generation_eval(lm.model, tok, cfg, tmp_path / 'foundry')
+    lm.model.eval()  # Composer's Trainer leaves the module in train mode (dropout on) for the next test
+    ours = [int(c) for c in b['correct']]
+    # the file is informative and exercises the stops: some outputs are cut, one to nothing
+    assert sum(tr != x for tr, x in zip(trunc, seen)) >= 2 and trunc[first] == ''
+    assert 0 < b['accuracy'] < 1 and b['accuracy'] == len(hits) / len(ours)
+    assert ours == [int(i in hits) for i in range(len(ours))]
+    # ... and LLM Foundry agrees, example by example
+    assert [_re.split('|'.join(stops), x)[0] for x in their_out] == trunc
+    assert their_ok == ours
+    assert theirs == pytest.approx(b['accuracy'], abs=1e-6)
+
+
+def test_generation_task_bad_settings_one_line(files, tmp_path):
+    base = {'label': 'g', 'dataset_uri': files['gen'], 'icl_task_type': 'generation_task_with_answers',
+            'num_fewshot': [0]}
+    cases = [({'generation_kwargs': {'do_sample': True}}, 'generation_kwargs do_sample=True is not supported'),
+             ({'generation_kwargs': {'num_beams': 4}}, 'num_beams=4 is not supported'),
+             ({'generation_kwargs': {'max_new_tokens': 0}}, 'max_new_tokens must be a positive integer'),
+             ({'early_stopping_criteria': ['(']}, 'escape the special characters'),
+             ({'early_stopping_criteria': '\n'}, 'must be a list of non-empty strings')]
+    for extra, msg in cases:
+        with pytest.raises(UserError, match=msg) as e:
+            task_from_cfg({**base, **extra})
+        assert '\n' not in str(e.value)
+    ok = task_from_cfg({**base, 'generation_kwargs': {'use_cache': True, 'do_sample': False, 'max_new_tokens': 5}})
+    assert ok.max_new_tokens == 5
+    mixed = _write(tmp_path / 'mixed.jsonl', [{'context': 'a', 'answer': 'b', 'chain_of_thought': 'c'},
+                                              {'context': 'd', 'answer': 'e'}])
+    with pytest.raises(UserError, match="mixed.jsonl line 2: no 'chain_of_thought'"):
+        load_examples(task_from_cfg({**base, 'dataset_uri': mixed, 'cot_delimiter': ' #### '}))
+
+
 GAUNTLET = {'weighting': 'EQUAL', 'subtract_random_baseline': True, 'rescale_accuracy': True,
             'categories': [{'name': 'a', 'benchmarks': [{'name': 'x', 'num_fewshot': 0, 'random_baseline': 0.5},
                                                        {'name': 'y', 'num_fewshot': 1, 'random_baseline': 0.0}]},
@@ -275,13 +470,19 @@ def test_starter_generation_is_deterministic(tiny_corpus, tmp_path):
     assert set(a) == set(TASKS) and all(v >= 10 for v in a.values())
     for t in TASKS:
         assert (tmp_path / 'a' / f'{t}.jsonl').read_bytes() == (tmp_path / 'b' / f'{t}.jsonl').read_bytes()
+    types = {'records_field_schema': 'schema', 'arithmetic_gen': 'generation_task_with_answers'}
     tasks, errs = parse_tasks([{'label': t, 'dataset_uri': str(tmp_path / 'a' / f'{t}.jsonl'), 'num_fewshot': [0],
-                                'icl_task_type': {'records_field_schema': 'schema'}.get(
-                                    t, 'multiple_choice' if t.endswith('_mc') else 'language_modeling')}
+                                'icl_task_type': types.get(t, 'multiple_choice' if t.endswith('_mc')
+                                                           else 'language_modeling')}
                                for t in TASKS])
     assert not errs
     for t in tasks:
         assert len(load_examples(t)) >= 10
+    gen = [json.loads(x) for x in (tmp_path / 'a' / 'arithmetic_gen.jsonl').read_text().splitlines()]
+    assert len({g['context'] for g in gen}) == len(gen)  # each question once: few-shot never shows the answer
+    for g in gen:
+        a, b = g['context'].rstrip(' =').split(' + ')
+        assert g['answer'] == str(int(a) + int(b)) and g['answer'] in g['aliases']
 
 
 def test_callback_registered_and_logs_metrics(files, gpt2, tok):

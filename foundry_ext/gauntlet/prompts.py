@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foundry_ext.errors import UserError
-from foundry_ext.gauntlet.tasks import TaskSpec
+from foundry_ext.gauntlet.tasks import RAW_KEY, TaskSpec
 
 # LLM Foundry: allow slightly more tokens than the longest chain-of-thought answer.
 _MAX_ANSWER_BUFFER_LENGTH = 10
@@ -166,14 +166,17 @@ class _Builder:
                 seq_len = max(max_seq_len, max_answer)
                 ctx = trim_context(pre + ids[0], [], seq_len - max_answer, t.label)
                 aliases = sorted(set([ex['answer']] + list(ex.get('aliases', []))))
-                items.append(Item([ctx], [], 0, aliases, max(max_answer, 1)))
+                items.append(Item([ctx], [], 0, aliases, t.max_new_tokens or max(max_answer, 1)))
         return items
 
     def _max_answer_len(self) -> int:
+        """Longest answer/alias in tokens (special tokens included), measured on the strings as in
+        the file, before ``strip_dataset`` (LLM Foundry measures before it strips)."""
         m = 0
         for ex in self.ex:
-            for a in [ex['answer']] + list(ex.get('aliases', [])):
-                r = f"{ex.get('chain_of_thought', '')}{self.t.cot_delimiter}{a}" if self.has_cot else a
+            raw = {**ex, **ex.get(RAW_KEY, {})}
+            for a in [raw['answer']] + list(ex.get('aliases', [])):
+                r = f"{raw.get('chain_of_thought', '')}{self.t.cot_delimiter}{a}" if self.has_cot else a
                 m = max(m, len(self.tok(r)['input_ids']))
         return m + (_MAX_ANSWER_BUFFER_LENGTH if self.t.cot_delimiter else 0)
 

@@ -20,7 +20,7 @@ import numpy as np
 from foundry_ext.errors import UserError
 from foundry_ext.gauntlet import composite as comp
 from foundry_ext.gauntlet.models import LoadedModel
-from foundry_ext.gauntlet.prompts import build_items
+from foundry_ext.gauntlet.prompts import build_items, needs_prefix_space
 from foundry_ext.gauntlet.scoring import generation_correct, greedy_generate, score_items
 from foundry_ext.gauntlet.shard import Shard
 from foundry_ext.gauntlet.tasks import TaskSpec, check_fewshot, load_examples, task_from_cfg
@@ -112,8 +112,11 @@ def _score(lm: LoadedModel, task: TaskSpec, items: list, max_rows: int, max_toke
             return bool(stops) and any(s in tok.decode(ids[-8:]) for s in stops)
 
         outs = greedy_generate(lm.forward, [it.contexts[0] for it in items], items[0].max_new_tokens,
-                               tok.eos_token_id, lm.device, rows, stop_fn)
+                               tok.eos_token_id, lm.device, rows, stop_fn,
+                               lm.forward_cached if use_kv_cache else None)
         texts = tok.batch_decode(outs, skip_special_tokens=True)
+        if not needs_prefix_space(tok):  # as Composer's eval_forward, for SentencePiece-style tokenizers
+            texts = [' ' + x for x in texts]
         return [int(generation_correct(t, it.aliases, stops, task.cot_delimiter, task.do_normalization))
                 for t, it in zip(texts, items)]
     res = score_items(lm.forward, items, task.icl_task_type, lm.pad_id, lm.device, rows, max_tokens,

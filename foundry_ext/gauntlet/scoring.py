@@ -201,9 +201,14 @@ def generation_correct(output: str, aliases: Sequence[str], stops: Sequence[str]
 
 @torch.no_grad()
 def greedy_generate(forward: Forward, contexts: Sequence[list[int]], max_new_tokens: int, eos_id: Optional[int],
-                    device='cpu', max_rows: int = 32, stop_fn: Optional[Callable[[list[int]], bool]] = None
-                    ) -> list[list[int]]:
-    """Greedy continuation of each context; contexts of equal length are decoded together (no padding)."""
+                    device='cpu', max_rows: int = 32, stop_fn: Optional[Callable[[list[int]], bool]] = None,
+                    forward_cached: Optional[Callable] = None) -> list[list[int]]:
+    """Greedy continuation of each context (eos ends a row and is not returned; so does ``stop_fn``).
+
+    Contexts of equal length are decoded together, so nothing is padded and positions are those of
+    the unpadded prompt. With ``forward_cached(ids, past) -> (logits, past)`` each step feeds only
+    the new token on top of the KV cache; otherwise every step re-runs the whole sequence.
+    """
     groups: dict[int, list[int]] = {}
     for i, c in enumerate(contexts):
         groups.setdefault(len(c), []).append(i)
@@ -212,11 +217,16 @@ def greedy_generate(forward: Forward, contexts: Sequence[list[int]], max_new_tok
         for s in range(0, len(idxs), max_rows):
             b = idxs[s:s + max_rows]
             ids = torch.tensor([contexts[i] for i in b], dtype=torch.long, device=device)
+            feed, past = ids, None
             done = [False] * len(b)
             for _step in range(max_new_tokens):
-                logits = forward(ids, torch.ones_like(ids, dtype=torch.bool))
+                if forward_cached is not None:
+                    logits, past = forward_cached(feed, past)
+                else:
+                    logits = forward(ids, torch.ones_like(ids, dtype=torch.bool))
                 nxt = logits[:, -1].argmax(-1)
                 ids = torch.cat([ids, nxt[:, None]], dim=1)
+                feed = nxt[:, None]
                 for r, i in enumerate(b):
                     if done[r]:
                         continue

@@ -4,17 +4,21 @@ Nothing here is downloaded. Every task is built deterministically from
 ``<corpus>/<domain>/val.jsonl`` (documents the model never trained on) and a seeded
 ``random.Random``: same corpus + seed -> byte-identical files. Tasks:
 
-==========================  =================  ==================================================
-label                       type               what
-==========================  =================  ==================================================
-arithmetic_lm               language_modeling  ``12 + 7 =`` -> `` 19`` (held-out sums, 3-shot)
-records_field_mc            multiple_choice    a held-out record cut after ``<field>:`` -> its value vs 3 others
-records_field_schema        schema             which field name (true / another) fits the value
-code_next_word              language_modeling  next word after a space inside a line of held-out code
-code_mc                     multiple_choice    true next line of code vs 3 lines from elsewhere
-prose_cloze                 language_modeling  LAMBADA-style: last word of a held-out passage
-prose_mc                    multiple_choice    true continuation vs 3 continuations from elsewhere
-==========================  =================  ==================================================
+====================  ============================  ===================================================
+label                 type                          what
+====================  ============================  ===================================================
+arithmetic_lm         language_modeling             ``12 + 7 =`` -> `` 19`` (held-out sums, 3-shot)
+arithmetic_gen        generation_task_with_answers  ``12 + 7 =`` -> greedy output, cut at the first
+                                                    newline, starts with ``19`` (distinct held-out
+                                                    sums, 3-shot)
+records_field_mc      multiple_choice               a held-out record cut after ``<field>:`` -> its value
+                                                    vs 3 others
+records_field_schema  schema                        which field name (true / another) fits the value
+code_next_word        language_modeling             next word after a space inside a line of held-out code
+code_mc               multiple_choice               true next line of code vs 3 lines from elsewhere
+prose_cloze           language_modeling             LAMBADA-style: last word of a held-out passage
+prose_mc              multiple_choice               true continuation vs 3 continuations from elsewhere
+====================  ============================  ===================================================
 
 ``eval/starter/gauntlet.yaml`` (committed) groups them into categories; ``make eval-data``
 writes the files to ``data/eval/starter/``.
@@ -30,8 +34,8 @@ from typing import Iterator
 from foundry_ext.atomic import atomic_dir
 from foundry_ext.errors import UserError
 
-TASKS = ('arithmetic_lm', 'records_field_mc', 'records_field_schema', 'code_next_word', 'code_mc',
-         'prose_cloze', 'prose_mc')
+TASKS = ('arithmetic_lm', 'arithmetic_gen', 'records_field_mc', 'records_field_schema', 'code_next_word',
+         'code_mc', 'prose_cloze', 'prose_mc')
 
 
 def _docs(corpus: Path, domain: str) -> list[str]:
@@ -49,6 +53,21 @@ def arithmetic_lm(corpus: Path, rng: random.Random, n: int) -> list[dict]:
             m = re.fullmatch(r'(-?\d+) ([-+*]) (-?\d+) = (-?\d+)', line.strip())
             if m and len(m.group(1)) <= 2 and len(m.group(3)) <= 2 and m.group(2) in '+-':
                 out.append({'context': f'{m.group(1)} {m.group(2)} {m.group(3)} =', 'continuation': m.group(4)})
+    rng.shuffle(out)
+    return out[:n]
+
+
+def arithmetic_gen(corpus: Path, rng: random.Random, n: int) -> list[dict]:
+    """Held-out sums (operands up to two digits) as free generation: each question once, so no
+    few-shot example gives away the answer. LLM Foundry's format; the answer is also listed
+    among the aliases, as in their files."""
+    seen, out = set(), []
+    for d in _docs(corpus, 'arithmetic'):
+        for line in d.splitlines():
+            m = re.fullmatch(r'(\d{1,2}) \+ (\d{1,2}) = (\d+)', line.strip())
+            if m and (m.group(1), m.group(2)) not in seen:
+                seen.add((m.group(1), m.group(2)))
+                out.append({'context': f'{m.group(1)} + {m.group(2)} =', 'answer': m.group(3), 'aliases': [m.group(3)]})
     rng.shuffle(out)
     return out[:n]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,16 @@ class TaskSpec:
     cot_delimiter: str = ''
     strip_dataset: bool = True
     limit: int | None = None
+    max_new_tokens: int | None = None  # generation: generation_kwargs.max_new_tokens (else the longest answer)
 
     def key(self, shot: int, max_seq_len: int) -> str:
         """Content hash of everything that changes this (task, shot)'s score except the model."""
         h = hashlib.sha256()
         cfg = {k: v for k, v in self.__dict__.items() if k not in ('num_fewshot', 'batch_size', 'label')}
+        if cfg['max_new_tokens'] is None:
+            del cfg['max_new_tokens']  # keys of tasks without it stay as they were
+        if self.icl_task_type == 'generation_task_with_answers':
+            cfg['scorer'] = 2  # generation scoring was corrected to match LLM Foundry: older cached results are stale
         h.update(json.dumps({**cfg, 'shot': shot, 'max_seq_len': max_seq_len}, sort_keys=True).encode())
         try:
             h.update(Path(self.dataset_uri).read_bytes())
@@ -88,6 +94,15 @@ def task_from_cfg(cfg: dict[str, Any], base_dir: str | Path | None = None) -> Ta
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise UserError(f'{where}: limit must be a positive integer, got {limit!r}')
     stops = cfg.get('early_stopping_criteria') or []
+    if not isinstance(stops, (list, tuple)) or not all(isinstance(x, str) and x for x in stops):
+        raise UserError(f'{where}: early_stopping_criteria must be a list of non-empty strings, got {stops!r}')
+    try:
+        re.compile('|'.join(stops))
+    except re.error as e:
+        raise UserError(f'{where}: early_stopping_criteria {stops!r} are joined into one regular expression '
+                        f'(as LLM Foundry does) and that fails ({e}); escape the special characters') from None
+    gen = ttype == 'generation_task_with_answers'
+    max_new = _generation_kwargs(cfg.get('generation_kwargs'), where) if gen else None
     return TaskSpec(
         label=str(label), dataset_uri=uri, icl_task_type=ttype, num_fewshot=shots,
         continuation_delimiter=str(cfg.get('continuation_delimiter', ' ')),
@@ -98,7 +113,37 @@ def task_from_cfg(cfg: dict[str, Any], base_dir: str | Path | None = None) -> Ta
         max_seq_len=cfg.get('max_seq_len'), batch_size=cfg.get('batch_size'),
         early_stopping_criteria=list(stops), do_normalization=bool(cfg.get('do_normalization', True)),
         cot_delimiter=str(cfg.get('cot_delimiter', '')), strip_dataset=bool(cfg.get('strip_dataset', True)),
-        limit=limit)
+        limit=limit, max_new_tokens=max_new)
+
+
+# generation_kwargs that leave greedy decoding as it is (LLM Foundry passes them to HF generate).
+_GREEDY_NOOPS = {'use_cache': None, 'pad_token_id': None, 'do_sample': False, 'num_beams': 1, 'temperature': None,
+                 'top_p': None, 'top_k': None}
+
+
+def _generation_kwargs(kw: Any, where: str) -> int | None:
+    """A generation task's generation_kwargs -> its max_new_tokens override (None: the longest answer).
+
+    Decoding here is greedy, as LLM Foundry's default; a setting that would change it (sampling,
+    beams, penalties, another eos) is refused rather than silently scored differently.
+    """
+    if kw is None:
+        return None
+    if not isinstance(kw, dict):
+        raise UserError(f'{where}: generation_kwargs must be a mapping, got {kw!r}')
+    for k, v in kw.items():
+        if k == 'max_new_tokens':
+            continue
+        if k not in _GREEDY_NOOPS or (_GREEDY_NOOPS[k] is not None and v != _GREEDY_NOOPS[k]):
+            raise UserError(f'{where}: generation_kwargs {k}={v!r} is not supported (greedy decoding only; '
+                            'supported: max_new_tokens, use_cache, pad_token_id, do_sample: false, num_beams: 1, '
+                            'and temperature/top_p/top_k, which greedy decoding ignores); remove it')
+    if 'max_new_tokens' in kw:
+        m = kw['max_new_tokens']
+        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+            raise UserError(f'{where}: generation_kwargs max_new_tokens must be a positive integer, got {m!r}')
+        return m
+    return None
 
 
 def _need(obj: dict, key: str, types, where: str) -> Any:
@@ -147,6 +192,7 @@ def load_examples(task: TaskSpec) -> list[dict]:
         raise UserError(f'{where}: dataset file {path} not found'
                         + ('; generate the starter tasks with `make eval-data`' if 'starter' in str(path) else ''))
     out: list[dict] = []
+    linenos: list[int] = []
     with open(path, encoding='utf-8') as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -159,13 +205,35 @@ def load_examples(task: TaskSpec) -> list[dict]:
                 raise UserError(f'{where}: {path} line {lineno}: expected a JSON object')
             _check_example(ex, task.icl_task_type, f'{where}: {path} line {lineno}')
             if task.strip_dataset:
+                raw = ex
                 ex = {k: v.strip() if isinstance(v, str) else v for k, v in ex.items()}
+                if task.icl_task_type == 'generation_task_with_answers':
+                    # LLM Foundry sizes max_new_tokens (and the context budget) from the answers
+                    # *before* it strips them: keep the unstripped strings for that.
+                    ex[RAW_KEY] = {k: raw[k] for k in ('answer', 'chain_of_thought') if k in raw}
             out.append(ex)
+            linenos.append(lineno)
             if task.limit is not None and len(out) >= task.limit:
                 break
     if not out:
         raise UserError(f'{where}: {path} has no examples')
+    if task.icl_task_type == 'generation_task_with_answers':
+        _check_cot(out, linenos, where, path)
     return out
+
+
+# Where load_examples keeps a generation example's unstripped answer / chain_of_thought.
+RAW_KEY = '_unstripped'
+
+
+def _check_cot(examples: list[dict], linenos: list[int], where: str, path: Path) -> None:
+    """chain_of_thought on every example or on none: LLM Foundry reads a missing one as null and
+    writes the text 'None' into the few-shot answers, so a mixed file cannot score the same."""
+    has = ['chain_of_thought' in e for e in examples]
+    if any(has) and not all(has):
+        i = has.index(False)
+        raise UserError(f"{where}: {path} line {linenos[i]}: no 'chain_of_thought' while other examples have one "
+                        f'({has.count(False)} of {len(has)} lack it); give it on every example or on none')
 
 
 def check_fewshot(task: TaskSpec, shot: int, n_examples: int) -> None:
