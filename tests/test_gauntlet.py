@@ -605,3 +605,18 @@ def test_sharded_over_two_processes_equals_one_process(files, tiny_tokenizer, tm
             got = load(f'{what}-rank{rank}')
             assert got['world'] == 2, what
             assert got['correct'] == single['correct'], (what, rank)
+
+
+def test_task_max_seq_len_overrides_the_global_one(files, gpt2):
+    from foundry_ext.gauntlet.runner import score_task
+    raw = {'label': 'lm', 'dataset_uri': files['lm'], 'icl_task_type': 'language_modeling', 'num_fewshot': [5]}
+    short = {**raw, 'max_seq_len': 32}
+    tasks, _ = parse_tasks([short])
+    r = run_gauntlet(gpt2, tasks, None, max_seq_len=128, bootstrap_samples=0, log=lambda s: None)
+    ex = load_examples(tasks[0])
+    want = score_task(gpt2, tasks[0], ex, 5, 32)
+    assert [int(c) for c in r['benchmarks']['lm/5-shot']['correct']] == want
+    assert r['benchmarks']['lm/5-shot']['max_seq_len'] == 32 and r['max_seq_len'] == 128
+    assert all(sum(map(len, it.contexts[0:1] + it.continuations[0:1])) <= 32
+               for it in build_items(tasks[0], ex, gpt2.tokenizer, 5, 32))
+    assert max(len(it.contexts[0]) for it in build_items(task_from_cfg(raw), ex, gpt2.tokenizer, 5, 128)) > 32

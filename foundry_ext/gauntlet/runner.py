@@ -153,13 +153,14 @@ def run_gauntlet(lm: LoadedModel, tasks: list[TaskSpec], gauntlet: Optional[comp
             k = comp.bench_key(task.label, shot)
             try:
                 check_fewshot(task, shot, len(examples))
-                key = task.key(shot, msl)
+                task_msl = int(task.max_seq_len or msl)  # an icl_tasks entry may set its own, as in LLM Foundry
+                key = task.key(shot, task_msl)
                 t0 = time.perf_counter()
                 # Rank 0 decides (other nodes may not see its cache folder).
                 c = shard.broadcast(cache.get(lm.model_hash, task.label, shot, key) if shard.rank == 0 else None)
                 cached = c is not None and len(c) == len(examples)
                 if not cached:
-                    c = score_task(lm, task, examples, shot, msl, max_rows, max_tokens, use_kv_cache, shard)
+                    c = score_task(lm, task, examples, shot, task_msl, max_rows, max_tokens, use_kv_cache, shard)
                     if shard.rank == 0:
                         cache.put(lm.model_hash, task.label, shot, key, c)
             except UserError as e:
@@ -168,6 +169,7 @@ def run_gauntlet(lm: LoadedModel, tasks: list[TaskSpec], gauntlet: Optional[comp
             dt = time.perf_counter() - t0
             correct[k] = np.asarray(c, dtype=np.int8)
             benches[k] = {'label': task.label, 'num_fewshot': shot, 'icl_task_type': task.icl_task_type,
+                          'max_seq_len': task_msl,
                           'n': len(c), 'accuracy': float(np.mean(c)), 'cached': cached, 'seconds': round(dt, 3),
                           'correct': ''.join(str(int(x)) for x in c)}
             log(f'{k:<32} acc {benches[k]["accuracy"]:.4f}  n={len(c):<5} '
