@@ -58,9 +58,15 @@ def test_single_process_run_learns_and_reports(tiny_tokenizer, tiny_mds, tmp_pat
 def test_two_cpu_processes(tiny_tokenizer, tiny_mds, tmp_path):
     run = tmp_path / 'run2'
     composer = os.path.join(os.path.dirname(sys.executable), 'composer')
+    # The gauntlet callback too: under DDP each rank scores its share of the examples.
+    mc = tmp_path / 'mc.jsonl'
+    mc.write_text(''.join(json.dumps({'query': f'item {i} is', 'choices': ['red', 'green blue', 'a b c'],
+                                      'gold': i % 3}) + '\n' for i in range(9)))
+    gauntlet = f'{{icl_tasks: [{{label: mc, dataset_uri: {mc}, icl_task_type: multiple_choice, num_fewshot: [0]}}], ' \
+               'interval: 2ba, eval_at_fit_end: false}'
     r = subprocess.run([composer, '-n', '2', 'scripts/train.py', YAML,
                         *_overrides(tiny_tokenizer, tiny_mds, run, max_duration='4ba', eval_interval='4ba',
-                                    save_interval='4ba', precision='amp_bf16')],
+                                    save_interval='4ba', precision='amp_bf16'), f'callbacks.gauntlet={gauntlet}'],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
@@ -70,3 +76,5 @@ def test_two_cpu_processes(tiny_tokenizer, tiny_mds, tmp_path):
     steps = [row['step'] for row in rows if 'loss/train/total' in row]
     assert max(steps) == 3
     assert any('metrics/eval/code/LanguageCrossEntropy' in row and row['step'] == 4 for row in rows)
+    scored = [row for row in rows if 'gauntlet/mc/0-shot' in row]
+    assert [row['step'] for row in scored] == [2, 4] and all(0 <= row['gauntlet/mc/0-shot'] <= 1 for row in scored)
