@@ -28,7 +28,7 @@ $(STAMP): requirements.lock pyproject.toml
 lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 -o requirements.lock
 
-$(DATA)/corpus/manifest.json: | $(STAMP)
+$(DATA)/corpus/manifest.json: foundry_ext/data/corpus.py | $(STAMP)
 	$(BIN)/python -m foundry_ext corpus --out $(DATA)/corpus --size_mb $(CORPUS_MB) --overwrite
 
 $(DATA)/tokenizer/tokenizer.json: $(DATA)/corpus/manifest.json
