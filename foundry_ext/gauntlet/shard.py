@@ -115,10 +115,7 @@ class Lockstep:
         import torch.distributed as dist
         self.shard, self.dummy = shard, dummy
         # nccl reduces CUDA tensors only; gloo reduces CPU tensors.
-        backend = dist.get_backend(shard.group) if shard.active else 'gloo'
-        self.device = torch.device(device) if backend == 'nccl' else torch.device('cpu')
-        self.calls = 0
-        self.dummies = 0
+        self.device = torch.device(device) if dist.get_backend(shard.group) == 'nccl' else torch.device('cpu')
 
     def wrap(self, fn: Optional[Callable]) -> Optional[Callable]:
         if fn is None:
@@ -126,11 +123,9 @@ class Lockstep:
 
         def call(*args, **kwargs):
             self.shard._all_reduce(1, self.device)
-            self.calls += 1
             return fn(*args, **kwargs)
         return call
 
     def drain(self) -> None:
         while self.shard._all_reduce(0, self.device) > 0:
             self.dummy()
-            self.dummies += 1
