@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 CORPUS_MB ?= 8
 DATA      ?= data
 
-.PHONY: venv data demo test test-fast bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet bench-models bench-mix
+.PHONY: venv data demo test test-fast lint schema bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet bench-models bench-mix
 
 venv: $(STAMP)
 
@@ -28,38 +28,48 @@ $(STAMP): requirements.lock pyproject.toml
 lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra test --python-version 3.11 -o requirements.lock
 
-$(DATA)/corpus/manifest.json: foundry_ext/data/corpus.py | $(STAMP)
-	$(BIN)/python -m foundry_ext corpus --out $(DATA)/corpus --size_mb $(CORPUS_MB) --overwrite
+$(DATA)/corpus/manifest.json: foundry_ext/prep/corpus.py | $(STAMP)
+	$(BIN)/foundry-ext corpus --out $(DATA)/corpus --size_mb $(CORPUS_MB) --overwrite
 
 $(DATA)/tokenizer/tokenizer.json: $(DATA)/corpus/manifest.json
-	$(BIN)/python -m foundry_ext tokenizer --corpus $(DATA)/corpus --out $(DATA)/tokenizer --vocab_size 4096 --overwrite
+	$(BIN)/foundry-ext tokenizer --corpus $(DATA)/corpus --out $(DATA)/tokenizer --vocab_size 4096 --overwrite
 
 $(DATA)/mds/stats.json: $(DATA)/tokenizer/tokenizer.json
-	$(BIN)/python data_prep/convert_text_to_mds.py --input $(DATA)/corpus --tokenizer $(DATA)/tokenizer \
+	$(BIN)/foundry-ext prep text --input $(DATA)/corpus --tokenizer $(DATA)/tokenizer \
 		--out $(DATA)/mds --concat_tokens 128 --overwrite
 
 data: $(DATA)/mds/stats.json
 
 # Starter gauntlet task files: generated from the corpus's held-out split (deterministic, seconds).
 $(DATA)/eval/starter/manifest.json: $(DATA)/corpus/manifest.json foundry_ext/gauntlet/starter.py
-	$(BIN)/python -m foundry_ext eval-data --corpus $(DATA)/corpus --out $(DATA)/eval/starter
+	$(BIN)/foundry-ext eval-data --corpus $(DATA)/corpus --out $(DATA)/eval/starter
 
 eval-data: $(DATA)/eval/starter/manifest.json
 
 demo: $(STAMP) data eval-data
 	$(BIN)/composer scripts/train.py yamls/pretrain/tiny-mix-cpu.yaml run_name=demo
-	$(BIN)/python -m foundry_ext report runs/demo
-	$(BIN)/python -m foundry_ext mixplot runs/demo
+	$(BIN)/foundry-ext report runs/demo
+	$(BIN)/foundry-ext mixplot runs/demo
 	$(BIN)/composer scripts/eval.py yamls/eval/starter.yaml
 	@echo "demo finished: report at runs/demo/report.md (loss curve runs/demo/loss_curve.png),"
 	@echo "               mix weights runs/demo/mix_weights.png, gauntlet runs/demo/gauntlet/report.md"
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q
 
+# Lint (ruff: pycodestyle, pyflakes, import order, bugbear) and types (mypy on foundry_ext/); part of `make test`.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m foundry_ext.config.schema_gen --check
+
 # Unit tests only (skips the end-to-end training runs).
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Regenerate foundry_ext/config/schema.py from the installed LLM Foundry's TrainConfig / MPTConfig.
+schema: $(STAMP)
+	$(BIN)/python -m foundry_ext.config.schema_gen
 
 # data_prep throughput vs LLM Foundry's convert_text_to_mds (same run); BENCH_MB=20 for a quick one.
 BENCH_MB ?= 100

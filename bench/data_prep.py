@@ -61,7 +61,7 @@ FOUNDRY_CHILD = textwrap.dedent('''
 OURS_CHILD = textwrap.dedent('''
     import json, sys, time
     sys.path.insert(0, sys.argv[6])
-    from foundry_ext.data.mds import convert_to_mds
+    from foundry_ext.prep.text import convert_to_mds
     import tokenizers, numpy  # noqa: F401
     tok_dir, out, inp, L, procs = sys.argv[1:6]
     print('READY', flush=True)

@@ -121,6 +121,7 @@ def main() -> int:
 
     # --- LLM Foundry: one task at a time, so each is timed ------------------------------------
     import copy
+
     from composer import Trainer
     from llmfoundry.models.mpt import ComposerMPTCausalLM
     from llmfoundry.utils.builders import build_icl_evaluators

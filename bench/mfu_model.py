@@ -29,11 +29,9 @@ from torch import nn  # noqa: E402
 
 from foundry_ext.models.attention import apply_rope, attention  # noqa: E402
 from foundry_ext.models.moe import DroplessMoE  # noqa: E402
+from foundry_ext.throughput import hardware  # noqa: E402
 
 # bf16 dense peak FLOP/s by device name (DESIGN.md section 4).
-PEAKS = [('H100 PCIe', 756e12), ('H100', 989.5e12), ('H200', 989.5e12), ('GH200', 989.5e12),
-         ('A100', 312e12), ('B200', 2.25e15)]
-
 CONFIGS = {
     # name: d_model, n_layers, n_heads, ffn hidden (per expert for MoE), experts, top_k, vocab
     'dense-1b': dict(d=2048, layers=24, heads=16, hidden=8192, experts=0, top_k=0, vocab=50368),
@@ -106,9 +104,8 @@ def peak_flops(device: torch.device, given: float | None) -> tuple[float | None,
     if device.type != 'cuda':
         return None, 'CPU (no peak: MFU not defined)'
     name = torch.cuda.get_device_name(device)
-    for key, val in PEAKS:
-        if key in name:
-            return val, name
+    if hardware.device_key(name) is not None:
+        return hardware.table_peak(name, 'bf16'), f'{name} (table: {hardware.device_key(name)})'
     return None, f'{name} (unknown peak: pass --peak-tflops)'
 
 
@@ -138,7 +135,7 @@ def run(name, cfg, device, dtype, batch, seq, steps, warmup, compile_):
     dt = (time.perf_counter() - t0) / steps
     tps = batch * seq / dt
     f, f_causal = flops_per_token(cfg, seq)
-    del model, fwd
+    del model
     return dict(name=name, active=active, total=total, tps=tps, flops=tps * f, flops_causal=tps * f_causal,
                 loss=float(loss), step_s=dt)
 

@@ -70,8 +70,8 @@ def main() -> int:
     p.add_argument('--n_layers', type=int, default=4)
     p.add_argument('--vocab', type=int, default=4096)
     a = p.parse_args()
-    from foundry_ext.callbacks.loss_spike import LossSpikeGuard
-    from foundry_ext.callbacks.mfu import MFUMonitor
+    from foundry_ext.stability.callback import LossSpikeGuard
+    from foundry_ext.throughput.callback import MFUMonitor
 
     base_train, base_fit = train([], a)
     mfu_t, guard_t = defaultdict(float), defaultdict(float)

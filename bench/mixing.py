@@ -41,12 +41,13 @@ def plain_loader(mds: Path, domains, props, batch, seed):
 def mixture_loader(mds: Path, domains, props, batch, seed):
     from torch.utils.data import DataLoader
 
-    from foundry_ext.data.mixture_loader import _identity, build_mixture, parse_config
+    from foundry_ext.data.mixing.config import MixtureConfig
+    from foundry_ext.data.mixing.loader import _identity, build_mixture
+    from foundry_ext.validation import parse
     cfg = {'streams': {d: {'local': str(mds / d)} for d in domains}, 'split': 'train',
            'shuffle': {'preset': 'balanced', 'seed': seed},
            'schedule': {'unit': 'batches', 'points': [{'at': 0, 'weights': dict(zip(domains, props))}]}}
-    st, sch, sh, ad, _ = parse_config(cfg)
-    ds = build_mixture(st, sch, sh, ad, batch, rank=0, world=1)
+    ds = build_mixture(parse(MixtureConfig, cfg, 'train_loader'), batch, rank=0, world=1)
     return DataLoader(ds, batch_sampler=ds.sampler, collate_fn=_identity, num_workers=0)
 
 
@@ -81,9 +82,9 @@ def main() -> int:
     clean_stale_shared_memory()
     ours, anchor = [], []
     for r in range(a.rounds):
-        anchor.append(rate(lambda: plain_loader(mds, domains, props, a.batch, 17 + r), a.batches))
+        anchor.append(rate(lambda r=r: plain_loader(mds, domains, props, a.batch, 17 + r), a.batches))
         clean_stale_shared_memory()
-        ours.append(rate(lambda: mixture_loader(mds, domains, props, a.batch, 17 + r), a.batches))
+        ours.append(rate(lambda r=r: mixture_loader(mds, domains, props, a.batch, 17 + r), a.batches))
         print(f'round {r}: StreamingDataset {anchor[-1]:9.0f} samples/s   mixture {ours[-1]:9.0f} samples/s')
     o, p = statistics.median(ours), statistics.median(anchor)
     print(f'{"loader":<28}{"samples/s (median)":>20}')

@@ -24,7 +24,7 @@ UNIFORM = {'code': 0.25, 'prose': 0.25, 'arithmetic': 0.25, 'records': 0.25}
 
 
 def _points(*pts) -> str:
-    return '[' + ','.join('{at: %s, weights: {%s}}' % (at, ', '.join(f'{k}: {v}' for k, v in w.items()))
+    return '[' + ','.join('{at: ' + str(at) + ', weights: {' + ', '.join(f'{k}: {v}' for k, v in w.items()) + '}}'
                           for at, w in pts) + ']'
 
 
@@ -75,7 +75,7 @@ def main() -> int:
             return 1
         results[name] = {'eval_loss': final_eval(run), 'seconds': round(time.time() - t, 1),
                          'batches': a.batches, 'overrides': a.set + RUNS[name]}
-        from foundry_ext.mix_plot import plot_mix
+        from foundry_ext.data.mixing.plot import plot_mix
         plot_mix(run, ROOT / 'docs' / f'mixing_weights_{name}.png')
         print(name, results[name], flush=True)
         mine = results[name]

@@ -1,14 +1,43 @@
-"""`python -m foundry_ext <verb>`: corpus, tokenizer, report, eval-data, mixplot."""
+"""`foundry-ext <verb>` (= `python -m foundry_ext <verb>`): the one command line.
+
+train, eval and prep hand the rest of the command line to their command (the same code as
+``scripts/train.py``, ``scripts/eval.py`` and ``data_prep/*.py``); the other verbs are parsed here.
+Commands print; the library logs. A user mistake is one ``error:`` line and exit code 2.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
 
 from foundry_ext.errors import UserError, exit_with
 
 
+def _train(argv: list[str]) -> int:
+    from foundry_ext.commands.train import main
+    return main(argv)
+
+
+def _eval(argv: list[str]) -> int:
+    from foundry_ext.commands.eval import main
+    return main(argv)
+
+
+def _prep(argv: list[str]) -> int:
+    from foundry_ext.commands.prep import main
+    return main(argv)
+
+
+# verbs whose options belong to the command they call (argparse would eat their key=value / --flags)
+PASS_THROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    'train': (_train, 'train a model: <config.yaml> [key=value ...] (as composer scripts/train.py)'),
+    'eval': (_eval, 'run a gauntlet: <eval.yaml> [key=value ...] (as composer scripts/eval.py)'),
+    'prep': (_prep, 'convert data to MDS: text | jsonl | hf | sft [options] (as data_prep/*.py)'),
+}
+
+
 def _corpus(a: argparse.Namespace) -> None:
-    from foundry_ext.data.corpus import build_corpus
+    from foundry_ext.prep.corpus import build_corpus
     m = build_corpus(a.out, size_mb=a.size_mb, seed=a.seed, mix=a.mix, val_fraction=a.val_fraction,
                      overwrite=a.overwrite)
     for d, s in m['domains'].items():
@@ -18,8 +47,8 @@ def _corpus(a: argparse.Namespace) -> None:
 
 
 def _tokenizer(a: argparse.Namespace) -> None:
-    from foundry_ext.data.corpus import iter_texts, list_domains
-    from foundry_ext.data.tokenizer import train_tokenizer
+    from foundry_ext.prep.corpus import iter_texts, list_domains
+    from foundry_ext.prep.tokenizer import train_tokenizer
     list_domains(a.corpus)
     train_tokenizer(iter_texts(a.corpus, 'train'), a.out, vocab_size=a.vocab_size,
                     max_train_mb=a.max_train_mb, overwrite=a.overwrite)
@@ -27,9 +56,8 @@ def _tokenizer(a: argparse.Namespace) -> None:
 
 
 def _report(a: argparse.Namespace) -> None:
-    from foundry_ext.report import write_report
-    path = write_report(a.run_dir, mds_root=a.mds)
-    print(f'report: {path}')
+    from foundry_ext.runs.report import write_report
+    print(f'report: {write_report(a.run_dir, mds_root=a.mds)}')
 
 
 def _eval_data(a: argparse.Namespace) -> None:
@@ -39,13 +67,35 @@ def _eval_data(a: argparse.Namespace) -> None:
 
 
 def _mixplot(a: argparse.Namespace) -> None:
-    from foundry_ext.mix_plot import plot_mix
+    from foundry_ext.data.mixing.plot import plot_mix
     print(f'mix plot: {plot_mix(a.run_dir, a.out)}')
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog='python -m foundry_ext')
-    sub = p.add_subparsers(dest='verb', required=True)
+def _fmt(n: int) -> str:
+    return f'{n:,} ({n / 1e9:.2f}B)' if n >= 1e8 else f'{n:,} ({n / 1e6:.2f}M)'
+
+
+def _params(a: argparse.Namespace) -> None:
+    from foundry_ext.config.load import load
+    from foundry_ext.models.accounting import header_line, mpt_param_counts
+    for path in a.yamls:
+        model = load(path).get('model')
+        if not isinstance(model, dict):
+            raise UserError(f'{path} has no model section')
+        try:
+            c = mpt_param_counts(model)
+        except (KeyError, ValueError, TypeError) as e:
+            raise UserError(f'{path}: cannot count parameters: {e}') from None
+        print(f"{path}: total {_fmt(c['total'])}, active {_fmt(c['active'])}, embedding {_fmt(c['embedding'])}")
+        print(f'  {header_line(model)}')
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='foundry-ext', description='foundry_ext: pretrain, fine-tune and evaluate LLMs '
+                                'on Composer / LLM Foundry.')
+    sub = p.add_subparsers(dest='verb', required=True, metavar='<verb>')
+    for verb, (_, help_) in PASS_THROUGH.items():
+        sub.add_parser(verb, help=help_, add_help=False)
 
     c = sub.add_parser('corpus', help='build the embedded multi-domain corpus (offline, deterministic)')
     c.add_argument('--out', required=True)
@@ -64,11 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument('--overwrite', action='store_true')
     t.set_defaults(fn=_tokenizer)
 
-    r = sub.add_parser('report', help='markdown + loss-curve PNG for a training run folder')
-    r.add_argument('run_dir')
-    r.add_argument('--mds', default=None, help='MDS root, for the unigram baselines')
-    r.set_defaults(fn=_report)
-
     g = sub.add_parser('eval-data', help='generate the starter gauntlet task files from a corpus held-out split')
     g.add_argument('--corpus', default='data/corpus')
     g.add_argument('--out', default='data/eval/starter')
@@ -76,12 +121,27 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument('--n', type=int, default=250, help='examples per task (at most)')
     g.set_defaults(fn=_eval_data)
 
+    r = sub.add_parser('report', help='markdown + loss-curve PNG for a training run folder')
+    r.add_argument('run_dir')
+    r.add_argument('--mds', default=None, help='MDS root, for the unigram baselines')
+    r.set_defaults(fn=_report)
+
     m = sub.add_parser('mixplot', help='planned vs realized mixture weights of a run -> PNG (mixture loader runs)')
     m.add_argument('run_dir', help='run folder with metrics.jsonl (or the file itself)')
     m.add_argument('--out', default=None, help='PNG path (default <run_dir>/mix_weights.png)')
     m.set_defaults(fn=_mixplot)
 
-    a = p.parse_args(argv)
+    q = sub.add_parser('params', help='total / active parameters of the model in training yamls')
+    q.add_argument('yamls', nargs='+')
+    q.set_defaults(fn=_params)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASS_THROUGH:
+        return PASS_THROUGH[argv[0]][0](argv[1:])
+    a = parser().parse_args(argv)
     try:
         a.fn(a)
     except UserError as e:

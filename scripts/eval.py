@@ -1,10 +1,10 @@
-"""Gauntlet eval: `composer scripts/eval.py yamls/eval/starter.yaml [key=value ...]` (or `python scripts/eval.py ...`)."""
+"""Gauntlet eval: `composer scripts/eval.py yamls/eval/starter.yaml [key=value ...]`.
+
+Also `python scripts/eval.py ...` or `foundry-ext eval ...`.
+"""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from foundry_ext.gauntlet.command import main  # noqa: E402
+from foundry_ext.commands.eval import main
 
 if __name__ == '__main__':
     sys.exit(main())

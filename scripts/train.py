@@ -1,10 +1,7 @@
 """Train: `composer scripts/train.py <yaml> [key=value ...]` (or `python scripts/train.py ...`)."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from foundry_ext.train import main  # noqa: E402
+from foundry_ext.commands.train import main
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -1,6 +1,8 @@
 """Shared tiny data: a ~0.5 MB corpus, a 512-token tokenizer and 64-token MDS, built once."""
 import hashlib
+import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -8,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# subprocesses (scripts/train.py, torchrun workers) import this checkout's foundry_ext, not another install
+os.environ['PYTHONPATH'] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('WANDB_MODE', 'offline')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
@@ -18,7 +22,7 @@ TINY_SEQ = 64
 
 @pytest.fixture(scope='session')
 def tiny_corpus(tmp_path_factory):
-    from foundry_ext.data.corpus import build_corpus
+    from foundry_ext.prep.corpus import build_corpus
     out = tmp_path_factory.mktemp('data') / 'corpus'
     build_corpus(out, size_mb=0.6, seed=3, val_fraction=0.1)
     return out
@@ -26,8 +30,8 @@ def tiny_corpus(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def tiny_tokenizer(tiny_corpus):
-    from foundry_ext.data.corpus import iter_texts
-    from foundry_ext.data.tokenizer import train_tokenizer
+    from foundry_ext.prep.corpus import iter_texts
+    from foundry_ext.prep.tokenizer import train_tokenizer
     out = tiny_corpus.parent / 'tokenizer'
     train_tokenizer(iter_texts(tiny_corpus), out, vocab_size=TINY_VOCAB)
     return out
@@ -35,7 +39,7 @@ def tiny_tokenizer(tiny_corpus):
 
 @pytest.fixture(scope='session')
 def tiny_mds(tiny_corpus, tiny_tokenizer):
-    from foundry_ext.data.mds import convert_to_mds
+    from foundry_ext.prep.text import convert_to_mds
     out = tiny_corpus.parent / 'mds'
     convert_to_mds(tiny_corpus, tiny_tokenizer, out, concat_tokens=TINY_SEQ)
     return out
@@ -49,3 +53,24 @@ def tree_digest(folder) -> str:
             h.update(p.relative_to(folder).as_posix().encode())
             h.update(p.read_bytes())
     return h.hexdigest()
+
+
+WORDS = 'alpha beta gamma delta river stone cloud apple seven nine code data tree light'.split()
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    return str(path)
+
+
+def icl_files(d: Path) -> dict:
+    """Small LLM Foundry-format ICL task files (mc, schema, lm, gen) of random words, seeded."""
+    rng = random.Random(0)
+    s = lambda k: ' '.join(rng.choice(WORDS) for _ in range(k))  # noqa: E731
+    mc = [{'query': s(6) + '?', 'choices': [s(2), s(3), s(1)], 'gold': rng.randrange(3)} for _ in range(24)]
+    schema = [{'context_options': [s(4) + ' ' + w for w in ('he', 'she')], 'continuation': s(3),
+               'gold': rng.randrange(2)} for _ in range(20)]
+    lm = [{'context': s(8), 'continuation': s(1 + i % 3)} for i in range(30)]
+    gen = [{'context': s(5), 'answer': s(1), 'aliases': [s(1)]} for _ in range(10)]
+    return {'mc': write_jsonl(d / 'mc.jsonl', mc), 'schema': write_jsonl(d / 'schema.jsonl', schema),
+            'lm': write_jsonl(d / 'lm.jsonl', lm), 'gen': write_jsonl(d / 'gen.jsonl', gen), 'dir': d}

@@ -66,7 +66,8 @@ class GauntletCallback(Callback):
             return
         was_training = hf.training
         device = next(hf.parameters()).device
-        lm = wrap(hf, tok, f'step {step}', self.max_seq_len or getattr(getattr(hf, 'config', None), 'max_seq_len', None),
+        msl = self.max_seq_len or getattr(getattr(hf, 'config', None), 'max_seq_len', None)
+        lm = wrap(hf, tok, f'step {step}', msl,
                   model_hash='training', device=str(device))
         shard = Shard.detect(lockstep=bool(getattr(state, 'fsdp_enabled', False)))
         try:

@@ -48,7 +48,8 @@ def parse_gauntlet(cfg: Any) -> Gauntlet:
         raise UserError('eval_gauntlet must be a mapping with a list of categories')
     w = str(cfg.get('weighting', 'EQUAL')).upper()
     if w not in WEIGHTINGS:
-        raise UserError(f"eval_gauntlet.weighting {cfg.get('weighting')!r} is unknown; use one of {', '.join(WEIGHTINGS)}")
+        raise UserError(f"eval_gauntlet.weighting {cfg.get('weighting')!r} is unknown; "
+                        f"use one of {', '.join(WEIGHTINGS)}")
     sub = bool(cfg.get('subtract_random_baseline', True))
     resc = bool(cfg.get('rescale_accuracy', True))
     if resc and not sub:

@@ -55,7 +55,6 @@ def _pick_device(device: Optional[str]) -> str:
 def wrap(model, tokenizer, name: str, max_seq_len: Optional[int] = None, model_hash: str = '',
          device: Optional[str] = None) -> LoadedModel:
     """A torch causal LM (HF-style: ``model(input_ids=..., attention_mask=...).logits``) -> LoadedModel."""
-    import torch
     device = _pick_device(device)
     model = model.to(device).eval()
     cfg = getattr(model, 'config', None)

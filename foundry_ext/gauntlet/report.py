@@ -34,7 +34,8 @@ def table(results: dict[str, Any]) -> str:
                      f"{_f(b.get('random_baseline')):>10}")
     for part in ('categories', 'averages'):
         if results.get(part):
-            lines.append(f"{part[:-1] if part != 'categories' else 'category':<34}{'':<18}{'':>6}{'score':>8}{'95% CI':>18}")
+            head = part[:-1] if part != 'categories' else 'category'
+            lines.append(f"{head:<34}{'':<18}{'':>6}{'score':>8}{'95% CI':>18}")
             for name, v in results[part].items():
                 lines.append(f"{name:<34}{'':<18}{'':>6}{v['score']:>8.3f}{_ci(v.get('ci')):>18}")
     for e in results.get('errors', []):
@@ -90,7 +91,7 @@ def csv_text(results: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(['kind', 'name', 'num_fewshot', 'icl_task_type', 'n', 'score', 'ci_low', 'ci_high', 'random_baseline'])
-    for k, b in results['benchmarks'].items():
+    for b in results['benchmarks'].values():
         ci = b.get('ci') or [None, None]
         w.writerow(['benchmark', b['label'], b['num_fewshot'], b['icl_task_type'], b['n'], b['accuracy'],
                     ci[0], ci[1], b.get('random_baseline')])

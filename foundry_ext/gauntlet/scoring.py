@@ -151,7 +151,7 @@ def score_shared_context(forward_cached: Callable, items: Sequence[Item], pad_id
             tgt = ids[:, 1:].to(logits.device)
             tok_ce = -lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
             k = 0
-            for r, i in enumerate(b):
+            for i in b:
                 for x in items[i].continuations:
                     out[i].append(float(tok_ce[k, :len(x)].mean()))
                     k += 1

@@ -29,7 +29,7 @@ class Shard:
         self.rank, self.world, self.lockstep, self.group = rank, world, lockstep, group
 
     @classmethod
-    def detect(cls, lockstep: bool = False) -> 'Shard':
+    def detect(cls, lockstep: bool = False) -> Shard:
         """The initialized default process group, if any (Composer and ``scripts/eval.py`` set it up)."""
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -99,7 +99,7 @@ class Shard:
         dist.all_reduce(t, group=self.group)
         return int(t.item())
 
-    def in_lockstep(self, dummy: Callable[[], Any], device) -> 'Lockstep':
+    def in_lockstep(self, dummy: Callable[[], Any], device) -> Lockstep:
         return Lockstep(self, dummy, device)
 
 

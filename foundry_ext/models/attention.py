@@ -29,11 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from foundry_ext.errors import UserError
+from foundry_ext.models.config import ATTN_IMPLS
+from foundry_ext.validation import did_you_mean
 
 __all__ = ['IMPLS', 'attention', 'resolve_impl', 'flash_attn_installed', 'apply_rope', 'alibi_slopes',
            'allowed_mask']
 
-IMPLS = ('auto', 'flash', 'sdpa', 'torch')
+IMPLS = ATTN_IMPLS
 log = logging.getLogger('foundry_ext')
 _logged: set = set()
 
@@ -61,10 +63,7 @@ def check_impl(impl: str, cuda: bool, flash_installed: bool | None = None) -> st
     Raises :class:`UserError` (one line) for unknown names and for ``flash`` where it cannot run.
     """
     if impl not in IMPLS:
-        import difflib
-        near = difflib.get_close_matches(str(impl), IMPLS, n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else ''
-        raise UserError(f"attn_impl {impl!r} is not one of {', '.join(IMPLS)}{hint}")
+        raise UserError(f"attn_impl {impl!r} is not one of {', '.join(IMPLS)}{did_you_mean(str(impl), IMPLS)}")
     if flash_installed is None:
         flash_installed = flash_attn_installed()
     if impl == 'auto':

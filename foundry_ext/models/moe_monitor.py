@@ -6,10 +6,14 @@ of assignments x num_experts: 1.0 is perfectly balanced), ``moe/layer<i>/dropped
 """
 from __future__ import annotations
 
+from typing import Any
+
 from composer.core import Callback, State
 from composer.loggers import Logger
 
+from foundry_ext.models.config import MoEMonitorConfig
 from foundry_ext.models.moe import DroplessMoE
+from foundry_ext.validation import parse
 
 
 def moe_metrics(layers: list[DroplessMoE], per_expert: bool = False) -> dict[str, float]:
@@ -35,9 +39,9 @@ def moe_metrics(layers: list[DroplessMoE], per_expert: bool = False) -> dict[str
 
 
 class MoEMonitor(Callback):
-    def __init__(self, log_interval: int = 1, per_expert: bool = False):
-        self.log_interval = max(1, int(log_interval))
-        self.per_expert = per_expert
+    def __init__(self, **options: Any):
+        cfg = parse(MoEMonitorConfig, options, 'callbacks.moe_monitor')
+        self.log_interval, self.per_expert = cfg.log_interval, cfg.per_expert
 
     def batch_end(self, state: State, logger: Logger) -> None:
         if int(state.timestamp.batch) % self.log_interval:

@@ -27,14 +27,15 @@ from llmfoundry.models.layers.attention import GroupedQueryAttention
 from llmfoundry.models.mpt.configuration_mpt import MPTConfig
 from llmfoundry.models.mpt.modeling_mpt import ComposerMPTCausalLM
 
-from foundry_ext.config import MOE_FFN_KEYS
 from foundry_ext.models.attention import attention, check_impl, flash_attn_installed, resolve_impl
+from foundry_ext.models.config import MoEConfig
 from foundry_ext.models.moe import DroplessMoE
+from foundry_ext.validation import parse
 
 log = logging.getLogger('foundry_ext')
 
 __all__ = ['FoundryAttention', 'FoundryMPTConfig', 'FoundryMPTCausalLM', 'build_torch_dmoe',
-           'torch_dmoe_init', 'MOE_KEYS', 'translate_attn_config']
+           'torch_dmoe_init', 'translate_attn_config']
 
 _MHA_TYPES = {'multihead_attention', 'grouped_query_attention', 'multiquery_attention', 'foundry_attention'}
 
@@ -139,27 +140,17 @@ class FoundryMPTCausalLM(ComposerMPTCausalLM):
 
 # ------------------------------------------------------------------------------ MoE ffn
 
-MOE_KEYS = MOE_FFN_KEYS
-
-
 def build_torch_dmoe(d_model: int, expansion_ratio: float, device: Optional[str] = None, bias: bool = False,
-                     fc_type: Any = None, ffn_hidden_size: Optional[int] = None, moe_num_experts: int = 8,
-                     moe_top_k: int = 2, moe_glu: bool = True, ffn_act_fn: Any = None,
-                     moe_capacity_factor: Optional[float] = None, moe_loss_weight: float = 0.01,
-                     moe_z_loss_weight: float = 0.001, moe_normalize_expert_weights: bool = True,
-                     **unknown: Any) -> DroplessMoE:
-    """LLM Foundry ffn builder for ``ffn_type: torch_dmoe``. Experts have no biases."""
-    del fc_type, bias  # experts are bias-free stacked weights; fc_type does not apply
-    if unknown:
-        raise ValueError(f'ffn_type torch_dmoe got unknown keys {sorted(unknown)}; known: {list(MOE_KEYS)}')
-    hidden = ffn_hidden_size or int(d_model * expansion_ratio)
-    act = 'silu'
-    if ffn_act_fn is not None:
-        act = ffn_act_fn.get('name', 'silu') if isinstance(ffn_act_fn, dict) else str(ffn_act_fn)
-    return DroplessMoE(d_model, hidden, num_experts=moe_num_experts, top_k=moe_top_k, glu=moe_glu,
-                       activation=act, capacity_factor=moe_capacity_factor, loss_weight=moe_loss_weight,
-                       z_loss_weight=moe_z_loss_weight, normalize_top_k=moe_normalize_expert_weights,
-                       device=device)
+                     fc_type: Any = None, **ffn_config: Any) -> DroplessMoE:
+    """LLM Foundry ffn builder for ``ffn_type: torch_dmoe`` (options: :class:`MoEConfig`). Experts have
+    no biases: they are stacked bias-free weights, so ``bias`` and ``fc_type`` do not apply."""
+    del fc_type, bias
+    cfg = parse(MoEConfig, {'ffn_type': 'torch_dmoe', **ffn_config}, 'model.ffn_config')
+    hidden = cfg.ffn_hidden_size or int(d_model * expansion_ratio)
+    return DroplessMoE(d_model, hidden, num_experts=cfg.moe_num_experts, top_k=cfg.moe_top_k, glu=cfg.moe_glu,
+                       activation=cfg.activation, capacity_factor=cfg.moe_capacity_factor,
+                       loss_weight=cfg.moe_loss_weight, z_loss_weight=cfg.moe_z_loss_weight,
+                       normalize_top_k=cfg.moe_normalize_expert_weights, device=device)
 
 
 def torch_dmoe_init(module: torch.nn.Module, init_fn_, init_div_is_residual=True, div_is_residual: float = 1.0,

@@ -1,0 +1,128 @@
+"""Run report: ``report.md`` + ``loss_curve.png`` from a run folder's ``metrics.jsonl``.
+
+The table gives, per eval domain, the unigram baseline (the loss of a model that ignores
+context, from the MDS token counts) and the eval loss before and after training.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+from foundry_ext.errors import UserError
+
+_EVAL = re.compile(r'^metrics/eval/(?P<label>[^/]+)/LanguageCrossEntropy$')
+TRAIN_LOSS = 'loss/train/total'
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut by a crash; the rest is still good
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    """{'train': [(step, loss)], 'eval': {label: [(step, loss)]}}"""
+    train, evals = [], {}
+    for r in rows:
+        step = r.get('step')
+        for k, v in r.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if k == TRAIN_LOSS:
+                train.append((step, float(v)))
+            m = _EVAL.match(k)
+            if m:
+                evals.setdefault(m['label'], []).append((step, float(v)))
+    return {'train': train, 'eval': evals}
+
+
+def _plot(s: dict, out: Path, title: str, baselines: dict[str, float]) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if s['train']:
+        xs, ys = zip(*s['train'])
+        ax.plot(xs, ys, color='0.6', lw=1, label='train (batch)')
+    for label, pts in sorted(s['eval'].items()):
+        xs, ys = zip(*pts)
+        line, = ax.plot(xs, ys, marker='o', lw=1.5, label=f'eval {label}')
+        if label in baselines:
+            ax.axhline(baselines[label], color=line.get_color(), ls=':', lw=1)
+    if any(label in baselines for label in s['eval']):
+        ax.plot([], [], color='0.3', ls=':', lw=1, label='unigram baseline')
+    ax.set_xlabel('batch')
+    ax.set_ylabel('cross-entropy (nats/token)')
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def _mds_root_of(loader: dict) -> str | None:
+    """The MDS root a train loader reads: ``dataset.root`` (corpus_text) or the common parent
+    of its streams' ``local`` folders (mixture, text with streams)."""
+    root = (loader.get('dataset') or {}).get('root')
+    if root:
+        return root
+    streams = loader.get('streams') or (loader.get('dataset') or {}).get('streams') or {}
+    parents = {str(Path(s['local']).parent) for s in streams.values() if isinstance(s, dict) and s.get('local')}
+    return parents.pop() if len(parents) == 1 else None
+
+
+def write_report(run_dir: str | Path, mds_root: str | Path | None = None) -> Path:
+    run = Path(run_dir)
+    mfile = run / 'metrics.jsonl'
+    if not mfile.is_file():
+        raise UserError(f'{mfile} does not exist; train with the metrics_jsonl logger '
+                        f'(loggers: {{metrics_jsonl: {{folder: {run}}}}}) first')
+    s = summarize(read_metrics(mfile))
+    if not s['train'] and not s['eval']:
+        raise UserError(f'{mfile} holds no train or eval loss yet; did the run get past its first batch?')
+    if mds_root is None:
+        hp = run / 'hparams.json'
+        if hp.is_file():
+            try:
+                mds_root = _mds_root_of(json.loads(hp.read_text()).get('train_loader') or {})
+            except (ValueError, AttributeError):
+                mds_root = None
+    baselines = {}
+    if mds_root and Path(mds_root).is_dir():
+        from foundry_ext.prep.text import unigram_baselines
+        baselines = unigram_baselines(mds_root)
+
+    _plot(s, run / 'loss_curve.png', f'{run.name}: loss', baselines)
+    lines = [f'# Run report: {run.name}', '']
+    if s['train']:
+        (s0, l0), (s1, l1) = s['train'][0], s['train'][-1]
+        lines += [f'Train loss: {l0:.3f} at batch {s0} -> {l1:.3f} at batch {s1}.', '']
+    if s['eval']:
+        lines += ['| eval domain | unigram baseline | initial eval loss | final eval loss | final / unigram |',
+                  '|---|---|---|---|---|']
+        for label, pts in sorted(s['eval'].items()):
+            base = baselines.get(label, math.nan)
+            first, last = pts[0], pts[-1]
+            ratio = last[1] / base if base == base else math.nan
+            lines.append(f'| {label} | {base:.3f} | {first[1]:.3f} (batch {first[0]}) | '
+                         f'{last[1]:.3f} (batch {last[0]}) | {ratio:.2f} |')
+        lines.append('')
+        lines.append('Losses are cross-entropy in nats per token. The unigram baseline is the loss of '
+                     'a model that predicts every token from its training-set frequency alone.')
+        lines.append('')
+    lines += ['![loss curve](loss_curve.png)', '']
+    out = run / 'report.md'
+    tmp = out.with_suffix('.md.tmp')
+    tmp.write_text('\n'.join(lines))
+    tmp.replace(out)
+    return out
