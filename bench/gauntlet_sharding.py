@@ -32,6 +32,7 @@ def worker(a) -> None:
     import torch.distributed as dist
     torch.set_num_threads(a.threads)
     dist.init_process_group('gloo')
+    from foundry_ext.gauntlet.config import RunOptions
     from foundry_ext.gauntlet.models import load_composer_checkpoint, wrap
     from foundry_ext.gauntlet.runner import parse_tasks, run_gauntlet
     from foundry_ext.gauntlet.tasks import load_tasks_file
@@ -52,12 +53,12 @@ def worker(a) -> None:
     assert not errs, errs
     dist.barrier()
     t0 = time.perf_counter()
-    res = run_gauntlet(lm, tasks, None, bootstrap_samples=0, log=lambda s: None)
+    res = run_gauntlet(lm, tasks, None, RunOptions(bootstrap_samples=0), log=lambda s: None)
     dist.barrier()
     seconds = time.perf_counter() - t0
     if dist.get_rank() == 0:
-        Path(a.out).write_text(json.dumps({'seconds': seconds, 'world': res['world_size'], 'model': lm.name,
-                                           'correct': {k: b['correct'] for k, b in res['benchmarks'].items()}}))
+        Path(a.out).write_text(json.dumps({'seconds': seconds, 'world': res.world_size, 'model': lm.name,
+                                           'correct': {k: b.correct for k, b in res.benchmarks.items()}}))
     dist.destroy_process_group()
 
 

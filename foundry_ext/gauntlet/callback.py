@@ -13,45 +13,46 @@ lockstep (:mod:`foundry_ext.gauntlet.shard`).
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Union
+from pathlib import Path
+from typing import Any
 
 import torch
-from composer.core import Callback, State, Time, TimeUnit
+from composer.core import Callback, State
 from composer.loggers import Logger
 
-from foundry_ext.errors import UserError
 from foundry_ext.gauntlet import composite as comp
+from foundry_ext.gauntlet.config import GauntletCallbackConfig, RunOptions
 from foundry_ext.gauntlet.models import wrap
+from foundry_ext.gauntlet.results import GauntletResults
 from foundry_ext.gauntlet.runner import parse_tasks, run_gauntlet
 from foundry_ext.gauntlet.shard import Shard
 from foundry_ext.gauntlet.tasks import load_tasks_file
+from foundry_ext.validation import parse
 
 log = logging.getLogger(__name__)
 
 
-def metrics_from_results(results: dict[str, Any]) -> dict[str, float]:
-    m = {f'gauntlet/{k}': b['accuracy'] for k, b in results['benchmarks'].items()}
-    m.update({f'gauntlet/category/{k}': v['score'] for k, v in results.get('categories', {}).items()})
-    m.update({f'gauntlet/average/{k}': v['score'] for k, v in results.get('averages', {}).items()})
-    return m
+def metrics_from_results(results: GauntletResults) -> dict[str, float]:
+    """``gauntlet/<task>/<k>-shot`` (+ ``/<category>`` of has_categories tasks), ``gauntlet/category/<name>``,
+    ``gauntlet/average/<name>``; composite entries that are n/a are not logged."""
+    return results.metrics('gauntlet')
 
 
 class GauntletCallback(Callback):
+    """Options: :class:`foundry_ext.gauntlet.config.GauntletCallbackConfig`."""
 
-    def __init__(self, icl_tasks: Union[str, list], eval_gauntlet: Union[str, dict, None] = None,
-                 interval: Union[str, int] = '100ba', max_seq_len: Optional[int] = None,
-                 batch_size: int = 64, limit: Optional[int] = None, eval_at_fit_end: bool = True) -> None:
-        raw = load_tasks_file(icl_tasks) if isinstance(icl_tasks, str) else list(icl_tasks)
-        if limit:
-            raw = [{**t, 'limit': limit} for t in raw]
-        self.tasks, errors = parse_tasks(raw)
+    def __init__(self, **options: Any) -> None:
+        self.cfg = parse(GauntletCallbackConfig, options, 'callbacks.gauntlet')
+        src = self.cfg.icl_tasks
+        raw = load_tasks_file(src) if isinstance(src, str) else list(src or [])
+        if self.cfg.limit:
+            raw = [{**t, 'limit': self.cfg.limit} if isinstance(t, dict) else t for t in raw]
+        base = str(Path(src).parent) if isinstance(src, str) else None
+        self.tasks, errors = parse_tasks(raw, base)
         for e in errors:
             log.warning('gauntlet: %s', e)
-        self.gauntlet = comp.parse_gauntlet(eval_gauntlet) if eval_gauntlet else None
-        self.interval = Time.from_timestring(interval) if isinstance(interval, str) else Time(interval, TimeUnit.BATCH)
-        if self.interval.unit != TimeUnit.BATCH:
-            raise UserError(f'gauntlet callback: interval must be in batches (e.g. 100ba), got {interval}')
-        self.max_seq_len, self.batch_size, self.eval_at_fit_end = max_seq_len, batch_size, eval_at_fit_end
+        self.gauntlet = comp.parse_gauntlet(self.cfg.eval_gauntlet) if self.cfg.eval_gauntlet else None
+        self.every = self.cfg.interval_batches
         self._last = -1
 
     def _run(self, state: State, logger: Logger) -> None:
@@ -66,24 +67,24 @@ class GauntletCallback(Callback):
             return
         was_training = hf.training
         device = next(hf.parameters()).device
-        msl = self.max_seq_len or getattr(getattr(hf, 'config', None), 'max_seq_len', None)
-        lm = wrap(hf, tok, f'step {step}', msl,
-                  model_hash='training', device=str(device))
+        msl = self.cfg.max_seq_len or getattr(getattr(hf, 'config', None), 'max_seq_len', None)
+        lm = wrap(hf, tok, f'step {step}', msl, model_hash='training', device=str(device))
         shard = Shard.detect(lockstep=bool(getattr(state, 'fsdp_enabled', False)))
+        opts = RunOptions(batch_rows=self.cfg.batch_size, bootstrap_samples=0)
         try:
             with torch.no_grad():
-                results = run_gauntlet(lm, self.tasks, self.gauntlet, max_rows=self.batch_size, bootstrap_samples=0,
+                results = run_gauntlet(lm, self.tasks, self.gauntlet, opts,
                                        log=lambda s: log.info('gauntlet: %s', s), shard=shard)
         finally:
             hf.train(was_training)
-        for e in results['errors'] if shard.rank == 0 else ():
+        for e in results.errors if shard.rank == 0 else ():
             log.warning('gauntlet: %s', e)
         logger.log_metrics(metrics_from_results(results))
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        if int(state.timestamp.batch) % int(self.interval.value) == 0:
+        if int(state.timestamp.batch) % self.every == 0:
             self._run(state, logger)
 
     def fit_end(self, state: State, logger: Logger) -> None:
-        if self.eval_at_fit_end:
+        if self.cfg.eval_at_fit_end:
             self._run(state, logger)

@@ -3,11 +3,15 @@
 A Composer checkpoint of an LLM Foundry model carries the model's HF config and tokenizer files
 (``state.integrations.huggingface``), so it is rebuilt without the training yaml. What comes back
 is a :class:`LoadedModel`: ``forward(ids, mask) -> logits`` plus a cached variant for shared
-multiple-choice contexts, the tokenizer, the context length, and a content hash for the cache.
+multiple-choice contexts, a generation step for left-padded batches, the tokenizer, the context
+length, and a hash of the model's content (weights, config, tokenizer) that keys the results
+cache, so a checkpoint and a symlink to it (``latest-rank0.pt``), or a copy, share one entry.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from foundry_ext.errors import UserError
+from foundry_ext.gauntlet.config import ModelSpec
 
 
 @dataclass
@@ -27,6 +32,7 @@ class LoadedModel:
     device: str
     forward: Callable
     forward_cached: Optional[Callable] = None
+    step: Optional[Callable] = None  # generation: step(ids, mask, past, use_cache) -> (last logits, past)
 
     @property
     def pad_id(self) -> int:
@@ -34,15 +40,45 @@ class LoadedModel:
         return t.pad_token_id if t.pad_token_id is not None else (t.eos_token_id or 0)
 
 
-def _file_hash(paths) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        p = Path(p)
-        h.update(p.name.encode())
-        with open(p, 'rb') as f:
-            while chunk := f.read(1 << 22):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+# Above this many bytes of weights, each tensor is hashed on an evenly strided sample of its elements.
+_FULL_HASH_BYTES = 256 << 20
+# Config entries that do not change what the model computes.
+_CONFIG_NOISE = {'_name_or_path', 'transformers_version', 'architectures', 'torch_dtype', 'init_device',
+                 'auto_map', '_attn_implementation_autoset', '_commit_hash'}
+
+
+def content_hash(model: Any, tokenizer: Any) -> str:
+    """A stable hash of what decides the model's outputs: every weight (name, dtype, shape and bytes;
+    above 256 MB of weights an evenly strided sample of each tensor), the model config and the
+    tokenizer's vocabulary. File names play no part: a checkpoint, a symlink to it and a copy of it
+    share one cache entry, and so does an HF export of the same weights. Weights are read on the CPU
+    as stored (no arithmetic), so the hash does not depend on the device."""
+    import torch
+    sd = model.state_dict()
+    total = sum(v.numel() * v.element_size() for v in sd.values() if isinstance(v, torch.Tensor))
+    stride_for = max(1, -(-total // _FULL_HASH_BYTES))
+    h = hashlib.blake2b(digest_size=16)
+    for k in sorted(sd):
+        v = sd[k]
+        if not isinstance(v, torch.Tensor):
+            continue
+        v = v.detach()
+        h.update(f'{k}|{v.dtype}|{tuple(v.shape)}'.encode())
+        flat = v.reshape(-1)
+        if stride_for > 1 and flat.numel() > 4096:
+            flat = flat[::stride_for]
+        flat = flat.contiguous().cpu()
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy())
+    cfg = getattr(model, 'config', None)
+    if cfg is not None and hasattr(cfg, 'to_dict'):
+        d = {k: v for k, v in cfg.to_dict().items() if k not in _CONFIG_NOISE}
+        h.update(json.dumps(d, sort_keys=True, default=str).encode())
+    if tokenizer is not None:
+        vocab = sorted(tokenizer.get_vocab().items())
+        probe = tokenizer(' Tokens, 12\n\nA: b')['input_ids']  # special tokens added, prefix-space handling
+        h.update(json.dumps([vocab, probe, tokenizer.eos_token_id, tokenizer.pad_token_id]).encode())
+    return h.hexdigest()
 
 
 def _pick_device(device: Optional[str]) -> str:
@@ -56,7 +92,7 @@ def wrap(model, tokenizer, name: str, max_seq_len: Optional[int] = None, model_h
          device: Optional[str] = None) -> LoadedModel:
     """A torch causal LM (HF-style: ``model(input_ids=..., attention_mask=...).logits``) -> LoadedModel."""
     device = _pick_device(device)
-    model = model.to(device).eval()
+    model = model.eval()
     cfg = getattr(model, 'config', None)
     if max_seq_len is None:
         max_seq_len = (getattr(cfg, 'max_seq_len', None) or getattr(cfg, 'max_position_embeddings', None)
@@ -64,12 +100,8 @@ def wrap(model, tokenizer, name: str, max_seq_len: Optional[int] = None, model_h
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
         raise UserError(f'{name}: the tokenizer has neither a pad nor an eos token; add a pad token')
     if not model_hash:
-        h = hashlib.sha256()
-        for k, v in sorted(model.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().float().cpu().numpy().tobytes()[:4096])
-            h.update(str(float(v.float().sum())).encode())
-        model_hash = h.hexdigest()[:16]
+        model_hash = content_hash(model, tokenizer)
+    model = model.to(device)
 
     def forward(ids, mask):
         return model(input_ids=ids, attention_mask=mask).logits
@@ -78,7 +110,37 @@ def wrap(model, tokenizer, name: str, max_seq_len: Optional[int] = None, model_h
         out = model(input_ids=ids, past_key_values=past, use_cache=True)
         return out.logits, out.past_key_values
 
-    return LoadedModel(name, model, tokenizer, int(max_seq_len), model_hash, device, forward, forward_cached)
+    return LoadedModel(name, model, tokenizer, int(max_seq_len), model_hash, device, forward, forward_cached,
+                       generation_step(model))
+
+
+def generation_step(model: Any) -> Callable:
+    """``step(ids, mask, past, use_cache) -> (logits of the last position, past)`` for left-padded
+    batches, with the positions HF ``generate`` gives them: models that take ``position_ids`` get
+    ``cumsum(mask) - 1`` (so a left-padded prompt has the positions of the unpadded one: RoPE,
+    learned positions); LLM Foundry's MPT derives them from the full attention mask itself (and ALiBi
+    needs only the mask). ``mask`` always covers the cached tokens plus ``ids``."""
+    inner = getattr(model, 'module', model)  # FSDP / DDP wrappers
+    params = inspect.signature(inner.forward).parameters
+    mpt = getattr(getattr(inner, 'config', None), 'model_type', None) == 'mpt'
+    takes_pos = 'position_ids' in params and not mpt
+    keep = next((k for k in ('logits_to_keep', 'num_logits_to_keep') if k in params), None)
+
+    def step(ids, mask, past, use_cache=True):
+        kw: dict[str, Any] = {'input_ids': ids, 'attention_mask': mask if mpt else mask.long(),
+                              'use_cache': use_cache}
+        if past is not None:
+            kw['past_key_values'] = past
+        if takes_pos:
+            pos = mask.long().cumsum(-1) - 1
+            pos.masked_fill_(~mask, 1)
+            kw['position_ids'] = pos[:, -ids.shape[1]:]
+        if keep is not None:
+            kw[keep] = 1
+        out = model(**kw)
+        return out.logits[:, -1], (out.past_key_values if use_cache else None)
+
+    return step
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
@@ -140,7 +202,7 @@ def load_composer_checkpoint(path: str | Path, tokenizer_dir: Optional[str] = No
                     else:
                         out.write(bytes(content))
             tok = AutoTokenizer.from_pretrained(d)
-    return wrap(model, tok, str(path), cfg.get('max_seq_len'), _file_hash([path]), device)
+    return wrap(model, tok, str(path), cfg.get('max_seq_len'), '', device)
 
 
 def load_hf_dir(path: str | Path, tokenizer_dir: Optional[str] = None, device: Optional[str] = None) -> LoadedModel:
@@ -150,26 +212,18 @@ def load_hf_dir(path: str | Path, tokenizer_dir: Optional[str] = None, device: O
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, torch_dtype='auto').float()
     tok = AutoTokenizer.from_pretrained(tokenizer_dir or str(path))
-    weights = [p for p in path.iterdir() if p.suffix in ('.safetensors', '.bin')] + [path / 'config.json']
-    return wrap(model, tok, str(path), None, _file_hash(weights), device)
+    return wrap(model, tok, str(path), None, '', device)
 
 
-def load_model(spec: dict, device: Optional[str] = None) -> LoadedModel:
-    """``{checkpoint: <.pt>}`` | ``{run_dir: runs/<name>}`` | ``{hf_path: <folder>}`` (+ ``tokenizer``)."""
-    if not isinstance(spec, dict):
-        raise UserError(f'model must be a mapping with one of checkpoint / run_dir / hf_path, got {spec!r}')
-    tok = spec.get('tokenizer')
-    given = [k for k in ('checkpoint', 'run_dir', 'hf_path') if spec.get(k)]
-    if len(given) != 1:
-        raise UserError('model: give exactly one of checkpoint (Composer .pt), run_dir (a training run '
-                        f'folder) or hf_path (HF model folder); got {given or "none"}')
-    if given[0] == 'hf_path':
-        m = load_hf_dir(spec['hf_path'], tok, device)
+def load_model(spec: ModelSpec, device: Optional[str] = None) -> LoadedModel:
+    """A :class:`ModelSpec` (``checkpoint`` | ``run_dir`` | ``hf_path``, + ``tokenizer``) -> LoadedModel."""
+    if spec.hf_path:
+        m = load_hf_dir(spec.hf_path, spec.tokenizer, device)
     else:
-        ck = spec.get('checkpoint') or latest_checkpoint(spec['run_dir'])
-        m = load_composer_checkpoint(ck, tok, device, spec.get('max_seq_len'))
-    if spec.get('max_seq_len'):
-        m.max_seq_len = int(spec['max_seq_len'])
-    if spec.get('name'):
-        m.name = str(spec['name'])
+        ck = spec.checkpoint or latest_checkpoint(str(spec.run_dir))
+        m = load_composer_checkpoint(ck, spec.tokenizer, device, spec.max_seq_len)
+    if spec.max_seq_len:
+        m.max_seq_len = int(spec.max_seq_len)
+    if spec.name:
+        m.name = str(spec.name)
     return m

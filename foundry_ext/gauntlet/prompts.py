@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foundry_ext.errors import UserError
-from foundry_ext.gauntlet.tasks import RAW_KEY, TaskSpec
+from foundry_ext.gauntlet.tasks import RAW_KEY, TaskSpec, check_fewshot, split_categories
 
 # LLM Foundry: allow slightly more tokens than the longest chain-of-thought answer.
 _MAX_ANSWER_BUFFER_LENGTH = 10
@@ -146,25 +146,25 @@ class _Builder:
         items, k = [], 0
         max_answer = self._max_answer_len() if ty == 'generation_task_with_answers' else 0
         for i, ex in enumerate(self.ex):
-            pre = list(pre_ids[i])
-            if eos is not None and len(pre) > 1 and pre[-1] == eos:
-                pre = pre[:-1]
+            head = list(pre_ids[i])
+            if eos is not None and len(head) > 1 and head[-1] == eos:
+                head = head[:-1]
             ids = flat_ids[k:k + len(texts[i])]
             k += len(texts[i])
             if ty == 'multiple_choice':
-                ctx = pre + ids[0]
+                ctx = head + ids[0]
                 conts = [list(c) for c in ids[1:]]
                 items.append(Item([trim_context(ctx, c, max_seq_len, t.label) for c in conts], conts, ex['gold']))
             elif ty == 'schema':
                 cont = list(ids[-1])
-                ctxs = [trim_context(pre + c, cont, max_seq_len, t.label) for c in ids[:-1]]
+                ctxs = [trim_context(head + c, cont, max_seq_len, t.label) for c in ids[:-1]]
                 items.append(Item(ctxs, [cont] * len(ctxs), ex['gold']))
             elif ty == 'language_modeling':
                 cont = list(ids[1])
-                items.append(Item([trim_context(pre + ids[0], cont, max_seq_len, t.label)], [cont]))
+                items.append(Item([trim_context(head + ids[0], cont, max_seq_len, t.label)], [cont]))
             else:
                 seq_len = max(max_seq_len, max_answer)
-                ctx = trim_context(pre + ids[0], [], seq_len - max_answer, t.label)
+                ctx = trim_context(head + ids[0], [], seq_len - max_answer, t.label)
                 aliases = sorted(set([ex['answer']] + list(ex.get('aliases', []))))
                 items.append(Item([ctx], [], 0, aliases, t.max_new_tokens or max(max_answer, 1)))
         return items
@@ -184,6 +184,23 @@ class _Builder:
 def build_items(task: TaskSpec, examples: list[dict], tokenizer, shot: int, max_seq_len: int) -> list[Item]:
     """Token ids for every example of ``task`` at ``shot`` shots, exactly as LLM Foundry builds them."""
     return _Builder(task, examples, tokenizer).build(shot, max_seq_len)
+
+
+def build_task_items(task: TaskSpec, examples: list[dict], tokenizer, shot: int,
+                     max_seq_len: int) -> tuple[list[Item], list[tuple[str | None, int]]]:
+    """Every item of ``task`` at ``shot`` shots and its ``[(category, n items)]`` in item order.
+
+    With ``has_categories`` each category is its own dataset, as LLM Foundry builds one dataloader
+    per category: few-shot examples come from the same category, drawn by a fresh
+    ``Random(fewshot_random_seed)``, and a generation category sizes its own ``max_new_tokens``.
+    """
+    items: list[Item] = []
+    groups: list[tuple[str | None, int]] = []
+    for cat, exs in split_categories(task, examples):
+        check_fewshot(task, shot, len(exs), cat)
+        items += build_items(task, exs, tokenizer, shot, max_seq_len)
+        groups.append((cat, len(exs)))
+    return items, groups
 
 
 def describe(item: Item, tokenizer) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Pure torch. The definitions are LLM Foundry's metrics: language_modeling is correct when every
 continuation token is the argmax; multiple_choice/schema pick the option with the lowest mean
 cross-entropy over its continuation (first one on ties); generation is greedy decoding, then
-normalized exact match (prefix) against the answer and its aliases.
+normalized exact match (prefix) against the answer and its aliases (the decoding itself is in
+:mod:`foundry_ext.gauntlet.generate`).
 
 Speed comes from (1) length-sorted batches padded only to the longest row of the batch, not to
 ``max_seq_len``; (2) for multiple choice whose options share one context, the context is run
@@ -51,7 +52,9 @@ def score_sequences(forward: Forward, seqs: Sequence[tuple[list[int], list[int]]
         T = lengths[b[0]]
         ids = torch.full((len(b), T), pad_id, dtype=torch.long)
         mask = torch.zeros((len(b), T), dtype=torch.bool)
-        rows, pos, tgt = [], [], []
+        rows: list[int] = []
+        pos: list[int] = []
+        tgt: list[int] = []
         for r, i in enumerate(b):
             c, x = seqs[i]
             L = len(c) + len(x)
@@ -86,9 +89,10 @@ def score_items(forward: Forward, items: Sequence[Item], kind: str, pad_id: int,
         ces = score_shared_context(forward_cached, items, pad_id, device, max_rows, max_tokens)
     else:
         uniq: dict[tuple, int] = {}
-        seqs, index = [], []
+        seqs: list[tuple[list[int], list[int]]] = []
+        index: list[list[int]] = []
         for it in items:
-            row = []
+            row: list[int] = []
             for c, x in zip(it.contexts, it.continuations):
                 key = (tuple(c), tuple(x))
                 if key not in uniq:
@@ -197,46 +201,3 @@ def generation_correct(output: str, aliases: Sequence[str], stops: Sequence[str]
         final = final.strip()
         labels = {a.strip() for a in aliases}
     return any(final.startswith(lab) for lab in labels)
-
-
-@torch.no_grad()
-def greedy_generate(forward: Forward, contexts: Sequence[list[int]], max_new_tokens: int, eos_id: Optional[int],
-                    device='cpu', max_rows: int = 32, stop_fn: Optional[Callable[[list[int]], bool]] = None,
-                    forward_cached: Optional[Callable] = None) -> list[list[int]]:
-    """Greedy continuation of each context (eos ends a row and is not returned; so does ``stop_fn``).
-
-    Contexts of equal length are decoded together, so nothing is padded and positions are those of
-    the unpadded prompt. With ``forward_cached(ids, past) -> (logits, past)`` each step feeds only
-    the new token on top of the KV cache; otherwise every step re-runs the whole sequence.
-    """
-    groups: dict[int, list[int]] = {}
-    for i, c in enumerate(contexts):
-        groups.setdefault(len(c), []).append(i)
-    out: list[list[int]] = [[] for _ in contexts]
-    for _, idxs in groups.items():
-        for s in range(0, len(idxs), max_rows):
-            b = idxs[s:s + max_rows]
-            ids = torch.tensor([contexts[i] for i in b], dtype=torch.long, device=device)
-            feed, past = ids, None
-            done = [False] * len(b)
-            for _step in range(max_new_tokens):
-                if forward_cached is not None:
-                    logits, past = forward_cached(feed, past)
-                else:
-                    logits = forward(ids, torch.ones_like(ids, dtype=torch.bool))
-                nxt = logits[:, -1].argmax(-1)
-                ids = torch.cat([ids, nxt[:, None]], dim=1)
-                feed = nxt[:, None]
-                for r, i in enumerate(b):
-                    if done[r]:
-                        continue
-                    t = int(nxt[r])
-                    if eos_id is not None and t == eos_id:
-                        done[r] = True
-                        continue
-                    out[i].append(t)
-                    if stop_fn is not None and stop_fn(out[i]):
-                        done[r] = True
-                if all(done):
-                    break
-    return out

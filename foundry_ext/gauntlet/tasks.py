@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from foundry_ext.errors import UserError
+from foundry_ext.validation import did_you_mean
 
 TASK_TYPES = ('multiple_choice', 'schema', 'language_modeling', 'generation_task_with_answers')
-# Keys of an icl_tasks entry that we understand (LLM Foundry's, plus `limit`); others are ignored
-# with a note (e.g. metric_names, hf_loading_vars) so LLM Foundry yamls load unchanged.
+# Keys of an icl_tasks entry that we understand (LLM Foundry's, plus `limit`). metric_names is accepted
+# and ignored (each task type has one metric here, LLM Foundry's default); hf_loading_vars and
+# hf_parsing_map only apply to hf:// datasets, which are refused (offline). Any other key is an error,
+# as in LLM Foundry (its dataset constructors reject unknown keyword arguments).
 _KNOWN = {'label', 'dataset_uri', 'icl_task_type', 'num_fewshot', 'continuation_delimiter',
           'example_delimiter', 'prompt_string', 'question_prelimiter', 'prelimiter',
           'fewshot_random_seed', 'max_seq_len', 'batch_size', 'early_stopping_criteria',
@@ -44,13 +47,15 @@ class TaskSpec:
     strip_dataset: bool = True
     limit: int | None = None
     max_new_tokens: int | None = None  # generation: generation_kwargs.max_new_tokens (else the longest answer)
+    has_categories: bool = False       # one dataset per value of each example's 'category', as LLM Foundry
 
     def key(self, shot: int, max_seq_len: int) -> str:
         """Content hash of everything that changes this (task, shot)'s score except the model."""
         h = hashlib.sha256()
         cfg = {k: v for k, v in self.__dict__.items() if k not in ('num_fewshot', 'batch_size', 'label')}
-        if cfg['max_new_tokens'] is None:
-            del cfg['max_new_tokens']  # keys of tasks without it stay as they were
+        for k in ('max_new_tokens', 'has_categories'):
+            if not cfg[k]:
+                del cfg[k]  # keys of tasks without them stay as they were
         if self.icl_task_type == 'generation_task_with_answers':
             cfg['scorer'] = 2  # generation scoring was corrected to match LLM Foundry: older cached results are stale
         h.update(json.dumps({**cfg, 'shot': shot, 'max_seq_len': max_seq_len}, sort_keys=True).encode())
@@ -69,14 +74,18 @@ def task_from_cfg(cfg: dict[str, Any], base_dir: str | Path | None = None) -> Ta
     if not label:
         raise UserError(f'an icl_tasks entry has no label: {cfg!r}')
     where = f"icl task '{label}'"
+    for k in cfg:
+        if k not in _KNOWN:
+            raise UserError(f'{where}: unknown key {k!r}{did_you_mean(str(k), _KNOWN)}')
     for k in ('dataset_uri', 'icl_task_type', 'num_fewshot'):
         if k not in cfg:
             raise UserError(f'{where}: missing key {k!r}')
     ttype = cfg['icl_task_type']
     if ttype not in TASK_TYPES:
         raise UserError(f'{where}: unknown icl_task_type {ttype!r}; expected one of {", ".join(TASK_TYPES)}')
-    if cfg.get('has_categories'):
-        raise UserError(f'{where}: has_categories is not supported; split the file per category')
+    has_categories = cfg.get('has_categories', False)
+    if not isinstance(has_categories, bool):
+        raise UserError(f'{where}: has_categories must be true or false, got {has_categories!r}')
     shots = cfg['num_fewshot']
     shots = list(shots) if isinstance(shots, (list, tuple)) else [shots]
     if not shots or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shots):
@@ -87,9 +96,7 @@ def task_from_cfg(cfg: dict[str, Any], base_dir: str | Path | None = None) -> Ta
     if '://' in uri:
         raise UserError(f'{where}: dataset_uri {uri!r} is remote; this harness is offline, '
                         'download the file and give its local path')
-    p = Path(uri)
-    if not p.is_absolute() and not p.exists() and base_dir is not None and (Path(base_dir) / p).exists():
-        uri = str(Path(base_dir) / p)
+    uri = _resolve_uri(uri, base_dir)
     limit = cfg.get('limit')
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise UserError(f'{where}: limit must be a positive integer, got {limit!r}')
@@ -113,7 +120,21 @@ def task_from_cfg(cfg: dict[str, Any], base_dir: str | Path | None = None) -> Ta
         max_seq_len=cfg.get('max_seq_len'), batch_size=cfg.get('batch_size'),
         early_stopping_criteria=list(stops), do_normalization=bool(cfg.get('do_normalization', True)),
         cot_delimiter=str(cfg.get('cot_delimiter', '')), strip_dataset=bool(cfg.get('strip_dataset', True)),
-        limit=limit, max_new_tokens=max_new)
+        limit=limit, max_new_tokens=max_new, has_categories=has_categories)
+
+
+def _resolve_uri(uri: str, base_dir: str | Path | None) -> str:
+    """A relative ``dataset_uri``: as given (from the working directory) if it exists, else relative to
+    the tasks yaml's folder or one of its parents (LLM Foundry's own yamls live in ``scripts/eval/yamls``
+    and name files relative to ``scripts/``, e.g. ``eval/local_data/...``), so they run from anywhere."""
+    p = Path(uri)
+    if p.is_absolute() or p.exists() or base_dir is None:
+        return uri
+    base = Path(base_dir).resolve()
+    for d in [base, *list(base.parents)[:3]]:
+        if (d / p).exists():
+            return str(d / p)
+    return uri
 
 
 # generation_kwargs that leave greedy decoding as it is (LLM Foundry passes them to HF generate).
@@ -193,6 +214,7 @@ def load_examples(task: TaskSpec) -> list[dict]:
                         + ('; generate the starter tasks with `make eval-data`' if 'starter' in str(path) else ''))
     out: list[dict] = []
     linenos: list[int] = []
+    per_category: dict[Any, int] = {}
     with open(path, encoding='utf-8') as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -204,6 +226,11 @@ def load_examples(task: TaskSpec) -> list[dict]:
             if not isinstance(ex, dict):
                 raise UserError(f'{where}: {path} line {lineno}: expected a JSON object')
             _check_example(ex, task.icl_task_type, f'{where}: {path} line {lineno}')
+            if task.has_categories:
+                cat = _category(ex, f'{where}: {path} line {lineno}')
+                per_category[cat] = per_category.get(cat, 0) + 1
+                if task.limit is not None and per_category[cat] > task.limit:
+                    continue  # the first `limit` examples of every category
             if task.strip_dataset:
                 raw = ex
                 ex = {k: v.strip() if isinstance(v, str) else v for k, v in ex.items()}
@@ -211,9 +238,11 @@ def load_examples(task: TaskSpec) -> list[dict]:
                     # LLM Foundry sizes max_new_tokens (and the context budget) from the answers
                     # *before* it strips them: keep the unstripped strings for that.
                     ex[RAW_KEY] = {k: raw[k] for k in ('answer', 'chain_of_thought') if k in raw}
+            if task.has_categories:
+                ex[CATEGORY_KEY] = cat  # as in the file: LLM Foundry partitions before it strips
             out.append(ex)
             linenos.append(lineno)
-            if task.limit is not None and len(out) >= task.limit:
+            if task.limit is not None and not task.has_categories and len(out) >= task.limit:
                 break
     if not out:
         raise UserError(f'{where}: {path} has no examples')
@@ -224,6 +253,33 @@ def load_examples(task: TaskSpec) -> list[dict]:
 
 # Where load_examples keeps a generation example's unstripped answer / chain_of_thought.
 RAW_KEY = '_unstripped'
+# Where load_examples keeps an example's category (has_categories), unstripped.
+CATEGORY_KEY = '_category'
+
+
+def _category(ex: dict, where: str) -> str | int:
+    if 'category' not in ex:
+        raise UserError(f"{where}: no 'category' (has_categories: true needs one on every example)")
+    c = ex['category']
+    if not isinstance(c, (str, int)) or isinstance(c, bool):
+        raise UserError(f"{where}: 'category' must be a string, got {type(c).__name__} {c!r}")
+    return c
+
+
+def split_categories(task: TaskSpec, examples: list[dict]) -> list[tuple[str | None, list[dict]]]:
+    """``[(category, its examples in file order)]`` sorted by category, as LLM Foundry builds one
+    dataset (with its own few-shot sampling) per category; ``[(None, examples)]`` without categories."""
+    if not task.has_categories:
+        return [(None, examples)]
+    groups: dict[Any, list[dict]] = {}
+    for ex in examples:
+        groups.setdefault(ex[CATEGORY_KEY], []).append(ex)
+    try:
+        cats = sorted(groups)
+    except TypeError:
+        raise UserError(f"icl task '{task.label}': the 'category' values mix numbers and strings; "
+                        'make them all strings') from None
+    return [(str(c), groups[c]) for c in cats]
 
 
 def _check_cot(examples: list[dict], linenos: list[int], where: str, path: Path) -> None:
@@ -236,9 +292,10 @@ def _check_cot(examples: list[dict], linenos: list[int], where: str, path: Path)
                         f'({has.count(False)} of {len(has)} lack it); give it on every example or on none')
 
 
-def check_fewshot(task: TaskSpec, shot: int, n_examples: int) -> None:
+def check_fewshot(task: TaskSpec, shot: int, n_examples: int, category: str | None = None) -> None:
     if shot > n_examples - 1:
-        raise UserError(f"icl task '{task.label}': num_fewshot {shot} is larger than the {n_examples - 1} "
+        where = f"icl task '{task.label}'" + (f" category '{category}'" if category is not None else '')
+        raise UserError(f'{where}: num_fewshot {shot} is larger than the {n_examples - 1} '
                         'other examples available; lower num_fewshot or add examples')
 
 

@@ -15,9 +15,13 @@ import torch
 import torch.distributed as dist
 
 
+from foundry_ext.gauntlet.config import RunOptions
 from foundry_ext.gauntlet.models import wrap
 from foundry_ext.gauntlet.runner import parse_tasks, run_gauntlet
 from foundry_ext.gauntlet.shard import Shard
+
+
+NO_BOOT = RunOptions(bootstrap_samples=0)
 
 
 def mpt(tok):
@@ -39,17 +43,17 @@ def main() -> None:
     assert not errs, errs
 
     def save(what, res):
-        keep = {k: b['correct'] for k, b in res['benchmarks'].items()}
-        (out / f'{what}-rank{rank}.json').write_text(json.dumps({'correct': keep, 'world': res['world_size'],
-                                                                  'errors': res['errors']}))
+        keep = {k: b.correct for k, b in res.benchmarks.items()}
+        (out / f'{what}-rank{rank}.json').write_text(json.dumps({'correct': keep, 'world': res.world_size,
+                                                                  'errors': res.errors}))
 
     model = mpt(tok).eval()
     reference = mpt(tok).eval()  # same seed: same weights
     if rank == 0:
-        save('single', run_gauntlet(wrap(reference, tok, 'ref', 128, 'ref', 'cpu'), tasks, bootstrap_samples=0,
+        save('single', run_gauntlet(wrap(reference, tok, 'ref', 128, 'ref', 'cpu'), tasks, None, NO_BOOT,
                                     log=lambda s: None, shard=Shard()))
     dist.barrier()
-    save('sharded', run_gauntlet(wrap(model, tok, 'whole', 128, 'whole', 'cpu'), tasks, bootstrap_samples=0,
+    save('sharded', run_gauntlet(wrap(model, tok, 'whole', 128, 'whole', 'cpu'), tasks, None, NO_BOOT,
                                  log=lambda s: None))
 
     from llmfoundry.models.mpt.modeling_mpt import MPTBlock
@@ -60,7 +64,7 @@ def main() -> None:
     mine = sum(p.numel() for p in sharded.parameters() if p.numel())
     full = sum(p.numel() for p in reference.parameters())
     assert mine < full, (mine, full)  # really sharded: this rank holds only part of the weights
-    save('fsdp', run_gauntlet(wrap(sharded, tok, 'fsdp', 128, 'fsdp', 'cpu'), tasks, bootstrap_samples=0,
+    save('fsdp', run_gauntlet(wrap(sharded, tok, 'fsdp', 128, 'fsdp', 'cpu'), tasks, None, NO_BOOT,
                               log=lambda s: None, shard=Shard.detect(lockstep=True)))
     dist.destroy_process_group()
 

@@ -9,16 +9,12 @@ import torch
 
 from foundry_ext.errors import UserError
 from foundry_ext.gauntlet import composite as comp
+from foundry_ext.gauntlet.config import RunOptions
+from foundry_ext.gauntlet.generate import greedy_generate
 from foundry_ext.gauntlet.models import wrap
 from foundry_ext.gauntlet.prompts import build_items, fewshot_sample_idxs
 from foundry_ext.gauntlet.runner import compare, parse_tasks, run_gauntlet
-from foundry_ext.gauntlet.scoring import (
-    generation_correct,
-    greedy_generate,
-    normalize_answer,
-    score_items,
-    score_sequences,
-)
+from foundry_ext.gauntlet.scoring import generation_correct, normalize_answer, score_items, score_sequences
 from foundry_ext.gauntlet.tasks import load_examples, task_from_cfg
 
 from conftest import WORDS, icl_files  # noqa: E402
@@ -53,6 +49,7 @@ def mpt(tok):
     return wrap(MPTForCausalLM(cfg), tok, 'tiny-mpt', 128, device='cpu')
 
 
+NO_BOOT = RunOptions(bootstrap_samples=0)
 CASES = [('mc', 'multiple_choice', 0, ' '), ('mc', 'multiple_choice', 3, '\nAnswer: '),
          ('schema', 'schema', 2, ' '), ('lm', 'language_modeling', 0, ' '), ('lm', 'language_modeling', 5, ' ')]
 
@@ -148,15 +145,15 @@ def test_generation_normalization_and_greedy(gpt2, tok):
     assert normalize_answer('The  Cat_sat!') == 'cat sat'
     assert generation_correct(' the cat\nnext', ['Cat'], stops=['\n'])
     assert not generation_correct('dog', ['cat'])
-    out = greedy_generate(gpt2.forward, [[5, 6, 7], [8, 9, 10], [11, 12]], 4, None)
+    out = greedy_generate(gpt2.step, [[5, 6, 7], [8, 9, 10], [11, 12]], 4, None, gpt2.pad_id)
     assert [len(o) for o in out] == [4, 4, 4]
 
 
 def test_generation_task_runs(files, gpt2):
     tasks, errs = parse_tasks([{'label': 'gen', 'dataset_uri': files['gen'],
                                 'icl_task_type': 'generation_task_with_answers', 'num_fewshot': [1]}])
-    r = run_gauntlet(gpt2, tasks, bootstrap_samples=0, log=lambda s: None)
-    assert not errs and r['benchmarks']['gen/1-shot']['n'] == 10
+    r = run_gauntlet(gpt2, tasks, None, NO_BOOT, log=lambda s: None)
+    assert not errs and r.benchmarks['gen/1-shot'].n == 10
 
 
 # --- generation_task_with_answers vs LLM Foundry's evaluator -----------------------------------
@@ -257,8 +254,8 @@ def _informative_generation_file(lm, tok, path, n=16, shot=2):
     t = task_from_cfg({'label': 'g', 'dataset_uri': str(path), 'icl_task_type': 'generation_task_with_answers',
                        'num_fewshot': [shot]})
     items = build_items(t, load_examples(t), tok, shot, 128)
-    outs = greedy_generate(lm.forward, [it.contexts[0] for it in items], items[0].max_new_tokens, tok.eos_token_id,
-                           forward_cached=lm.forward_cached)
+    outs = greedy_generate(lm.step, [it.contexts[0] for it in items], items[0].max_new_tokens, tok.eos_token_id,
+                           lm.pad_id)
     seen = [('' if needs_prefix_space(tok) else ' ') + x for x in tok.batch_decode(outs, skip_special_tokens=True)]
     # stop 1: three word characters from the middle of one output (so it truncates there);
     # stop 2: the start of another output (truncates it to nothing)
@@ -319,19 +316,19 @@ def test_generation_accuracy_equals_llmfoundry_evaluator(which, request, tmp_pat
     cfg = {'label': 'gen', 'dataset_uri': str(path), 'icl_task_type': 'generation_task_with_answers',
            'num_fewshot': [2], 'early_stopping_criteria': stops}
     tasks, errs = parse_tasks([cfg])
-    r = run_gauntlet(lm, tasks, bootstrap_samples=0, log=lambda s: None)
-    b = r['benchmarks']['gen/2-shot']
+    r = run_gauntlet(lm, tasks, None, NO_BOOT, log=lambda s: None)
+    b = r.benchmarks['gen/2-shot']
     theirs, their_out, their_ok = _foundry_generation_eval(lm.model, tok, cfg, tmp_path / 'foundry')
     lm.model.eval()  # Composer's Trainer leaves the module in train mode (dropout on) for the next test
-    ours = [int(c) for c in b['correct']]
+    ours = [int(c) for c in b.correct]
     # the file is informative and exercises the stops: some outputs are cut, one to nothing
     assert sum(tr != x for tr, x in zip(trunc, seen)) >= 2 and trunc[first] == ''
-    assert 0 < b['accuracy'] < 1 and b['accuracy'] == len(hits) / len(ours)
+    assert 0 < b.accuracy < 1 and b.accuracy == len(hits) / len(ours)
     assert ours == [int(i in hits) for i in range(len(ours))]
     # ... and LLM Foundry agrees, example by example
     assert [_re.split('|'.join(stops), x)[0] for x in their_out] == trunc
     assert their_ok == ours
-    assert theirs == pytest.approx(b['accuracy'], abs=1e-6)
+    assert theirs == pytest.approx(b.accuracy, abs=1e-6)
 
 
 def test_generation_task_bad_settings_one_line(files, tmp_path):
@@ -401,7 +398,7 @@ def _results(files, lm, tmp_path, extra=(), gauntlet=None, cache=None):
            {'label': 'lm', 'dataset_uri': files['lm'], 'icl_task_type': 'language_modeling', 'num_fewshot': [0]},
            *extra]
     tasks, errors = parse_tasks(raw)
-    return run_gauntlet(lm, tasks, gauntlet, cache_dir=cache, bootstrap_samples=200, errors=errors,
+    return run_gauntlet(lm, tasks, gauntlet, RunOptions(cache_dir=cache, bootstrap_samples=200), errors=errors,
                         log=lambda s: None)
 
 
@@ -420,7 +417,7 @@ def test_bad_inputs_one_line_each_others_still_run(files, gpt2, tmp_path):
     g = comp.parse_gauntlet({'categories': [{'name': 'ok', 'benchmarks': [{'name': 'mc', 'num_fewshot': 0}]},
                                             {'name': 'broken', 'benchmarks': [{'name': 'nosuch', 'num_fewshot': 0}]}]})
     r = _results(files, gpt2, tmp_path, extra, g)
-    errs = r['errors']
+    errs = r.errors
     assert len(errs) == 6 and all('\n' not in e for e in errs)
     joined = ' | '.join(errs)
     assert 'nope.jsonl not found' in joined
@@ -429,22 +426,25 @@ def test_bad_inputs_one_line_each_others_still_run(files, gpt2, tmp_path):
     assert "unknown icl_task_type 'summarization'" in joined
     assert 'num_fewshot 40 is larger than the 29 other examples' in joined
     assert "category 'broken' names benchmark(s) nosuch/0-shot" in joined
-    assert set(r['benchmarks']) == {'mc/0-shot', 'mc/2-shot', 'lm/0-shot', 'many/0-shot'}
-    assert set(r['categories']) == {'ok'}
+    assert set(r.benchmarks) == {'mc/0-shot', 'mc/2-shot', 'lm/0-shot', 'many/0-shot'}
+    assert r.categories['ok'].score is not None and r.categories['broken'].score is None
+    assert r.categories['broken'].reason == 'no score: nosuch/0-shot is not provided by any icl task'
+    assert r.averages['default_average'].score == r.categories['ok'].score
+    assert r.averages['default_average'].reason == 'mean of 1 of 2 categories; left out: broken'
 
 
 def test_cache_and_compare(files, gpt2, mpt, tmp_path):
     cache = tmp_path / 'cache'
     r1 = _results(files, gpt2, tmp_path, cache=cache)
     r2 = _results(files, gpt2, tmp_path, cache=cache)
-    assert not any(b['cached'] for b in r1['benchmarks'].values())
-    assert all(b['cached'] for b in r2['benchmarks'].values())
-    assert {k: b['accuracy'] for k, b in r1['benchmarks'].items()} == {k: b['accuracy'] for k, b in r2['benchmarks'].items()}
+    assert not any(b.cached for b in r1.benchmarks.values())
+    assert all(b.cached for b in r2.benchmarks.values())
+    assert {k: b.accuracy for k, b in r1.benchmarks.items()} == {k: b.accuracy for k, b in r2.benchmarks.items()}
     r3 = _results(files, mpt, tmp_path, cache=cache)
     c = compare(r1, r3, None, samples=200)
-    row = {x['name']: x for x in c['rows']}['mc/0-shot']
-    assert row['diff'] == pytest.approx(r1['benchmarks']['mc/0-shot']['accuracy'] - r3['benchmarks']['mc/0-shot']['accuracy'])
-    assert row['ci'][0] <= row['diff'] <= row['ci'][1]
+    row = {x.name: x for x in c.rows}['mc/0-shot']
+    assert row.diff == pytest.approx(r1.benchmarks['mc/0-shot'].accuracy - r3.benchmarks['mc/0-shot'].accuracy)
+    assert row.ci[0] <= row.diff <= row.ci[1]
 
 
 def test_outputs_written(files, gpt2, tmp_path):
@@ -456,6 +456,8 @@ def test_outputs_written(files, gpt2, tmp_path):
     assert {p.name for p in out.iterdir()} == {'results.json', 'results.csv', 'report.md', 'categories.png'}
     assert '| mc/0-shot |' in (out / 'report.md').read_text() and 'mc/2-shot' in table(r)
     assert json.loads((out / 'results.json').read_text())['categories']['c']['ci'] is not None
+    from foundry_ext.gauntlet.results import GauntletResults
+    assert GauntletResults.from_json(json.loads((out / 'results.json').read_text())) == r
 
 
 def test_starter_generation_is_deterministic(tiny_corpus, tmp_path):
@@ -487,10 +489,10 @@ def test_callback_registered_and_logs_metrics(files, gpt2, tok):
 
     from foundry_ext.gauntlet.callback import GauntletCallback
     assert registry.callbacks.get('gauntlet') is GauntletCallback
-    cb = GauntletCallback([{'label': 'mc', 'dataset_uri': files['mc'], 'icl_task_type': 'multiple_choice',
-                            'num_fewshot': [0]}],
-                          {'categories': [{'name': 'c', 'benchmarks': [{'name': 'mc', 'num_fewshot': 0,
-                                                                       'random_baseline': 1 / 3}]}]},
+    cb = GauntletCallback(icl_tasks=[{'label': 'mc', 'dataset_uri': files['mc'], 'icl_task_type': 'multiple_choice',
+                                      'num_fewshot': [0]}],
+                          eval_gauntlet={'categories': [{'name': 'c', 'benchmarks': [{'name': 'mc', 'num_fewshot': 0,
+                                                                                     'random_baseline': 1 / 3}]}]},
                           interval='5ba', limit=10)
     logged = {}
     state = SimpleNamespace(model=SimpleNamespace(model=gpt2.model, tokenizer=tok),
@@ -543,7 +545,7 @@ def test_eval_script_end_to_end_hf_dir(files, gpt2, tok, tmp_path):
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         res = json.loads((out / 'results.json').read_text())
-        assert set(res['benchmarks']) == {'mc/0-shot', 'mc/1-shot', 'lm/0-shot'} and 'a' in res['categories']
+        assert set(res['benchmarks']) == {'mc/0-shot', 'mc/1-shot', 'lm/0-shot'} and res['categories']['a']['score'] is not None
         assert all(row['diff'] == 0 for row in res['compare']['rows'])  # same model: zero difference
         assert (out / 'categories.png').stat().st_size > 5000 and 'core_average' not in r.stdout
         assert r.stdout.count('gauntlet report:') == 1  # rank 0 alone reports
@@ -575,11 +577,11 @@ def test_task_max_seq_len_overrides_the_global_one(files, gpt2):
     raw = {'label': 'lm', 'dataset_uri': files['lm'], 'icl_task_type': 'language_modeling', 'num_fewshot': [5]}
     short = {**raw, 'max_seq_len': 32}
     tasks, _ = parse_tasks([short])
-    r = run_gauntlet(gpt2, tasks, None, max_seq_len=128, bootstrap_samples=0, log=lambda s: None)
+    r = run_gauntlet(gpt2, tasks, None, RunOptions(max_seq_len=128, bootstrap_samples=0), log=lambda s: None)
     ex = load_examples(tasks[0])
-    want = score_task(gpt2, tasks[0], ex, 5, 32)
-    assert [int(c) for c in r['benchmarks']['lm/5-shot']['correct']] == want
-    assert r['benchmarks']['lm/5-shot']['max_seq_len'] == 32 and r['max_seq_len'] == 128
+    want, _ = score_task(gpt2, tasks[0], ex, 5, 32)
+    assert [int(c) for c in r.benchmarks['lm/5-shot'].correct] == want
+    assert r.benchmarks['lm/5-shot'].max_seq_len == 32 and r.max_seq_len == 128
     assert all(sum(map(len, it.contexts[0:1] + it.continuations[0:1])) <= 32
                for it in build_items(tasks[0], ex, gpt2.tokenizer, 5, 32))
     assert max(len(it.contexts[0]) for it in build_items(task_from_cfg(raw), ex, gpt2.tokenizer, 5, 128)) > 32
