@@ -119,7 +119,9 @@ def _eval_wording(problem: str) -> str:
     m = re.match(r'unknown key (\S+?)(;.*)?$', problem)
     if m:
         return f"unknown eval config key '{m.group(1)}'{m.group(2) or ''}"
-    return problem if problem.startswith('eval config') else f'eval config: {problem}'
+    if problem.startswith('eval config') or re.match(r'(model|compare)[.:]', problem):
+        return problem  # already names where it is
+    return f'eval config: {problem}'
 
 
 @dataclass
