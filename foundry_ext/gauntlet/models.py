@@ -121,6 +121,8 @@ def generation_step(model: Any) -> Callable:
     learned positions); LLM Foundry's MPT derives them from the full attention mask itself (and ALiBi
     needs only the mask). ``mask`` always covers the cached tokens plus ``ids``."""
     inner = getattr(model, 'module', model)  # FSDP / DDP wrappers
+    if hasattr(inner, 'get_base_model'):  # PEFT
+        inner = inner.get_base_model()
     params = inspect.signature(inner.forward).parameters
     mpt = getattr(getattr(inner, 'config', None), 'model_type', None) == 'mpt'
     takes_pos = 'position_ids' in params and not mpt
