@@ -18,6 +18,7 @@ from typing import Any, Callable
 from foundry_ext.config.ranges import range_problems
 from foundry_ext.config.registries import check_mapping_section, check_model_layers, check_name, check_named
 from foundry_ext.config.schema import ATTN_KEYS, MPT_KEYS, TRAIN_KEYS
+from foundry_ext.data.mds_check import check_stream
 from foundry_ext.errors import UserError
 from foundry_ext.models.config import ATTN_IMPLS, FOUNDRY_MPT
 from foundry_ext.validation import (
@@ -195,10 +196,15 @@ def _check_foundry_loader(loader: dict, where: str, problems: list[str]) -> None
     local, remote = ds.get('local'), ds.get('remote')
     if isinstance(local, str) and not remote and not Path(local).exists() and not ds.get('streams'):
         problems.append(f'{where}.dataset.local: data folder {local} does not exist and no remote is set')
+    elif not ds.get('streams') and not ds.get('hf_name') and (isinstance(local, str) or isinstance(remote, str)):
+        collect(problems, check_stream, local, remote, ds.get('split'), f'{where}.dataset')   # MDS whole?
     for sname, s in (ds.get('streams') or {}).items():
         if isinstance(s, dict) and isinstance(s.get('local'), str) and not s.get('remote') \
                 and not Path(s['local']).exists():
             problems.append(f"{where}.dataset.streams.{sname}.local: data folder {s['local']} does not exist")
+        elif isinstance(s, dict) and (isinstance(s.get('local'), str) or isinstance(s.get('remote'), str)):
+            collect(problems, check_stream, s.get('local'), s.get('remote'), s.get('split', ds.get('split')),
+                    f'{where}.dataset.streams.{sname}')
 
 
 def _check_loader(loader: Any, where: str, problems: list[str]) -> None:

@@ -14,7 +14,7 @@ from foundry_ext.data.mixing.adaptive import AdaptiveConfig, parse_adaptive
 from foundry_ext.data.mixing.mixer import parse_shuffle
 from foundry_ext.data.mixing.schedule import Schedule, parse_schedule
 from foundry_ext.errors import UserError
-from foundry_ext.validation import known_keys, section
+from foundry_ext.validation import ConfigError, collect, known_keys, section
 
 STREAM_KEYS = ('local', 'remote', 'split')
 
@@ -130,6 +130,13 @@ def read_stream_index(name: str, spec: StreamSpec) -> list[int]:
 
 
 def check_data(cfg: MixtureConfig) -> None:
-    """Every stream is a readable MDS dataset (or has a remote to fetch it from)."""
+    """Every stream is a whole MDS dataset (a remote one: its index fetched, its cached shards checked)."""
+    from foundry_ext.data.mds_check import check_stream
+    where = section('train_loader')
+    problems: list[str] = []
     for name, spec in cfg.stream_specs.items():
-        read_stream_index(name, spec)
+        if not spec.remote and collect(problems, read_stream_index, name, spec) is None:
+            continue                            # the friendlier lines for a folder that is not MDS at all
+        collect(problems, check_stream, spec.local, spec.remote, spec.split, f'{where}.streams.{name}')
+    if problems:
+        raise ConfigError(problems)
