@@ -1,4 +1,9 @@
-"""The train command's last line of defence: whatever still fails inside Composer / LLM Foundry.
+"""The train command's bad-input wrapper around LLM Foundry's ``train``.
+
+Before the build: streaming's leftovers of killed runs on this machine are removed (only those
+no live process holds, :mod:`foundry_ext.data.leftovers`), and the training data's fingerprint is
+added to the config as the ``data_fingerprint`` callback (:mod:`foundry_ext.data.fingerprint`), so
+every checkpoint carries it and a resume on other data is refused.
 
 Validation (``config/validate.py``) catches the mistakes it can before the heavy imports; what
 is left surfaces as an exception from deep inside the build or the loop. :func:`run` turns it into
@@ -63,9 +68,19 @@ def redacted_config_logging() -> Iterator[None]:
         lf_train.log_config = original
 
 
+def before_build(cfg: dict[str, Any]) -> None:
+    from foundry_ext.data import fingerprint
+    from foundry_ext.data.leftovers import clean_stale_streaming_state
+    if env.local_rank() == 0:
+        clean_stale_streaming_state()
+    fingerprint.add_to_config(cfg)
+
+
 def run(fn: Callable[[], Any], cfg: dict[str, Any], debug: bool = False) -> int:
-    """``fn()`` -> 0; a UserError -> its line, exit 2; any other exception -> one line + log, exit 1."""
+    """``fn()`` (which reads ``cfg`` when called) -> 0; a UserError -> its line, exit 2; any other
+    exception -> one line + the traceback's path, exit 1."""
     try:
+        before_build(cfg)
         with redacted_config_logging():
             fn()
     except UserError as e:

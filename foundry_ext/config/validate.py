@@ -47,6 +47,7 @@ OWNERS: dict[tuple[str, str], tuple[str, ...]] = {
     ('callback', 'inject_spike'): ('foundry_ext.stability.config:InjectSpikeConfig',),
     ('callback', 'mix_logger'): ('foundry_ext.data.mixing.config:MixLoggerConfig',),
     ('callback', 'moe_monitor'): ('foundry_ext.models.config:MoEMonitorConfig',),
+    ('callback', 'data_fingerprint'): ('foundry_ext.data.fingerprint:DataFingerprintConfig',),
     ('loader', 'mixture'): ('foundry_ext.data.mixing.config:MixtureConfig',
                             'foundry_ext.data.mixing.config:check_data'),
     ('loader', 'corpus_text'): ('foundry_ext.data.corpus_text:CorpusTextConfig',
