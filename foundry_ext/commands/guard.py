@@ -56,7 +56,10 @@ def one_line(e: BaseException, limit: int = 300) -> str:
 @contextlib.contextmanager
 def redacted_config_logging() -> Iterator[None]:
     """LLM Foundry prints the whole resolved config and sends it to every logger: redact it there."""
-    import llmfoundry.command_utils.train as lf_train
+    lf_train = sys.modules.get('llmfoundry.command_utils.train')
+    if lf_train is None:          # not the LLM Foundry train path (nothing of theirs will log a config)
+        yield
+        return
     original = lf_train.log_config
 
     def log_config(logger: Any, cfg: dict[str, Any]) -> None:

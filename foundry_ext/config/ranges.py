@@ -13,7 +13,7 @@ from typing import Any, Optional
 from foundry_ext import env
 from foundry_ext.validation import is_number
 
-_DURATION = re.compile(r'^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ba|ep|tok|sp|dur)\s*$')
+_DURATION = re.compile(r'^\s*(-?\d+(?:\.\d+)?|-?\.\d+)\s*(ba|ep|tok|sp|dur)\s*$')
 DURATION_HINT = 'write e.g. 500ba, 1ep or 10000000tok'
 
 

@@ -157,7 +157,7 @@ def _check_model(model: dict, problems: list[str]) -> None:
 
 
 def _check_tokenizer(cfg: dict, problems: list[str]) -> None:
-    from foundry_ext.prep.tokenizer import tokenizer_vocab_size
+    from foundry_ext.prep.tokenizer import tokenizer_folder_problem, tokenizer_vocab_size
     tok = cfg.get('tokenizer')
     if not isinstance(tok, dict):
         return
@@ -175,6 +175,10 @@ def _check_tokenizer(cfg: dict, problems: list[str]) -> None:
         elif offline():
             problems.append(f'tokenizer.name {name!r} is not a local folder and the hub is off '
                             '(HF_HUB_OFFLINE=1); build one with `foundry-ext tokenizer`')
+        return
+    bad = tokenizer_folder_problem(path)
+    if bad:
+        problems.append(f'tokenizer.name: {bad}')
         return
     vocab = tokenizer_vocab_size(path)
     model = cfg.get('model') if isinstance(cfg.get('model'), dict) else {}
