@@ -38,8 +38,10 @@ def pop_debug(argv: list[str]) -> tuple[bool, list[str]]:
 def log_path(cfg: dict[str, Any]) -> Path:
     """Where the traceback goes: an existing local run folder, else <tmp>/foundry_ext/."""
     name = f"{cfg.get('run_name') or 'run'}-rank{env.rank()}-error.log"
-    loggers = cfg.get('loggers') if isinstance(cfg.get('loggers'), dict) else {}
-    jsonl = loggers.get('metrics_jsonl') if isinstance(loggers.get('metrics_jsonl'), dict) else {}
+    loggers = cfg.get('loggers')
+    jsonl = loggers.get('metrics_jsonl') if isinstance(loggers, dict) else None
+    if not isinstance(jsonl, dict):
+        jsonl = {}
     for folder in (jsonl.get('folder'), cfg.get('save_folder')):
         if isinstance(folder, str) and '://' not in folder and Path(folder).is_dir():
             return Path(folder) / name
@@ -56,7 +58,7 @@ def one_line(e: BaseException, limit: int = 300) -> str:
 @contextlib.contextmanager
 def redacted_config_logging() -> Iterator[None]:
     """LLM Foundry prints the whole resolved config and sends it to every logger: redact it there."""
-    lf_train = sys.modules.get('llmfoundry.command_utils.train')
+    lf_train: Any = sys.modules.get('llmfoundry.command_utils.train')
     if lf_train is None:          # not the LLM Foundry train path (nothing of theirs will log a config)
         yield
         return

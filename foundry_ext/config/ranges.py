@@ -115,7 +115,8 @@ def check_seq_len(cfg: dict, problems: list[str]) -> None:
     for where, ld in loaders:
         if not isinstance(ld, dict):
             continue
-        ds = ld.get('dataset') if isinstance(ld.get('dataset'), dict) else ld
+        inner = ld.get('dataset')
+        ds: dict = inner if isinstance(inner, dict) else ld
         n = ds.get('max_seq_len')
         if isinstance(n, int) and not isinstance(n, bool) and n > msl:
             key = f'{where}.dataset.max_seq_len' if ds is not ld else f'{where}.max_seq_len'

@@ -70,16 +70,17 @@ def loader_datasets(loader: Any) -> dict[str, str]:
     if not isinstance(loader, dict):
         return {}
     name = loader.get('name')
-    ds = loader.get('dataset') if isinstance(loader.get('dataset'), dict) else {}
+    inner = loader.get('dataset')
+    ds: dict[str, Any] = inner if isinstance(inner, dict) else {}
     found: dict[str, Optional[bytes]] = {}
     if name == 'corpus_text':
         from foundry_ext.data.corpus_text import corpus_streams
         try:
-            streams = corpus_streams(ds['root'], str(ds.get('split', 'train')), ds.get('domains'),
-                                     remote=ds.get('remote'))
+            parts = corpus_streams(ds['root'], str(ds.get('split', 'train')), ds.get('domains'),
+                                   remote=ds.get('remote'))
         except (UserError, KeyError, OSError):
             return {}
-        found = {d: _stream_index(s['local'], s.get('remote'), s['split']) for d, s in streams.items()}
+        found = {d: _stream_index(s['local'], s.get('remote'), s['split']) for d, s in parts.items()}
     elif name == 'mixture':
         from foundry_ext.data.mixing.config import parse_streams
         try:
@@ -88,8 +89,9 @@ def loader_datasets(loader: Any) -> dict[str, str]:
             return {}
         found = {n: _stream_index(s.local, s.remote, s.split) for n, s in specs.items()}
     elif name in ('text', 'finetuning') and not ds.get('hf_name'):
-        streams = ds.get('streams') if isinstance(ds.get('streams'), dict) else None
-        if streams:
+        given = ds.get('streams')
+        if isinstance(given, dict) and given:
+            streams: dict[str, Any] = given
             found = {str(n): _stream_index(s.get('local'), s.get('remote'), s.get('split', ds.get('split')))
                      for n, s in streams.items() if isinstance(s, dict)}
         else:
