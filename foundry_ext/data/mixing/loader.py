@@ -134,9 +134,9 @@ class StreamReader:
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            if self.cache is None and self.stream.remote is None:
+            if self.stream.remote is None and self.shards[k].zip_data is None:
                 raise UserError(f'stream {self.name!r}: shard {path} is missing; restore it or re-convert') from None
-            self._prepare(k)          # evicted by another worker in between: fetch it again
+            self._prepare(k)          # compressed only, or evicted by another worker in between: fetch it again
             fd = os.open(path, os.O_RDONLY)
         if self.cache is not None:
             touch(path)

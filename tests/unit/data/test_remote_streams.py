@@ -83,6 +83,7 @@ def test_s3_remote_mixture(s3_server, sharded_mds, tmp_path, monkeypatch):
     assert 0 < cache_bytes(tmp_path / 'c') <= 200_000
 
 
+@pytest.mark.slow
 def test_resume_exactly_after_a_kill_mid_download(s3_server, sharded_mds, tmp_path, monkeypatch):
     import remote_worker
     for k, v in {**CREDS, 'S3_ENDPOINT_URL': s3_server}.items():
