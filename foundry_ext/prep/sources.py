@@ -80,7 +80,20 @@ def is_jsonl_file(p: Path) -> bool:
 
 
 def open_bytes(path: Path):
-    """A binary stream over ``path``, decompressing .gz / .zst on the fly."""
+    """A binary stream over ``path``, decompressing .gz / .zst on the fly. A damaged or truncated
+    input (or a read error) is a one-line UserError naming the file and how far it got."""
+    path = Path(path)
+    try:
+        return _Checked(_open_raw(path), path)
+    except FileNotFoundError:
+        raise UserError(f'input {path} does not exist') from None
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - each decompressor raises its own types
+        raise UserError(f'input {path} cannot be read: {_why(e)}') from None
+
+
+def _open_raw(path: Path):
     suffix = path.suffix
     if suffix == '.gz':
         return gzip.open(path, 'rb')
@@ -96,6 +109,91 @@ def open_bytes(path: Path):
         import zstd  # one-shot only: the file is decompressed whole
         return io.BytesIO(zstd.decompress(path.read_bytes()))
     return open(path, 'rb')
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, EOFError):
+        return 'it is truncated (the compressed stream ends early)'
+    if isinstance(e, gzip.BadGzipFile):
+        return 'it is not a gzip file'
+    msg = ' '.join(str(e).split())[:160]
+    return f'{type(e).__name__}: {msg}' if msg else type(e).__name__
+
+
+_PIECE = 1 << 16
+
+
+class _Checked:
+    """A binary reader that turns a decompressor's or the OS's error into one line naming the file,
+    the uncompressed byte offset and the line it had reached."""
+
+    def __init__(self, f, path: Path):
+        self.f, self.path = f, path
+        self.offset = 0
+        self.lines = 0
+
+    def _fail(self, e: BaseException) -> UserError:
+        where = f' after {self.offset:,} bytes (line {self.lines + 1})' if self.offset else ''
+        fix = '; re-download or re-compress it' if self.path.suffix in COMPRESSED else ''
+        return UserError(f'input {self.path} is damaged{where}: {_why(e)}{fix}')
+
+    def _count(self, data: bytes) -> bytes:
+        self.offset += len(data)
+        self.lines += data.count(b'\n')
+        return data
+
+    def read(self, n: int = -1) -> bytes:
+        """Read in pieces of 64 KiB so a failure knows how far the input got."""
+        parts = []
+        want = n if n is not None and n >= 0 else None
+        try:
+            while want is None or want > 0:
+                blk = self.f.read(_PIECE if want is None else min(want, _PIECE))
+                if not blk:
+                    break
+                parts.append(self._count(blk))
+                if want is not None:
+                    want -= len(blk)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - EOFError, BadGzipFile, zlib.error, ZstdError, OSError
+            raise self._fail(e) from None
+        return b''.join(parts)
+
+    def readline(self, n: int = -1) -> bytes:
+        try:
+            return self._count(self.f.readline(n))
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise self._fail(e) from None
+
+    def __iter__(self):
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise self._fail(e) from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            try:
+                self.f.close()
+            except Exception:  # noqa: BLE001, S110 - already failing: the first error is the one to show
+                pass
 
 
 class _ProcReader(io.RawIOBase):

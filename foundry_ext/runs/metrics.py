@@ -14,6 +14,8 @@ from typing import Any, Optional
 from composer.loggers import LoggerDestination
 from composer.utils import dist
 
+from foundry_ext.runs.redact import redact
+
 
 def _plain(v: Any):
     if hasattr(v, 'item') and getattr(v, 'numel', lambda: 1)() == 1:
@@ -49,7 +51,7 @@ class MetricsJsonlLogger(LoggerDestination):
             self._hparams.update(hyperparameters)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name('hparams.json.tmp')
-            tmp.write_text(json.dumps(self._hparams, default=str, indent=1))
+            tmp.write_text(json.dumps(redact(self._hparams), default=str, indent=1))   # never a secret
             os.replace(tmp, self.path.with_name('hparams.json'))
 
     def close(self, state, logger) -> None:

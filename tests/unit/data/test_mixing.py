@@ -301,7 +301,8 @@ def test_bad_streams_one_line_each(tiny_mds, tmp_path):
 
 def test_config_validate_reports_mixture_problems(tiny_mds, tiny_tokenizer):
     from foundry_ext.config.validate import validate
-    cfg = {'model': {'name': 'mpt_causal_lm'}, 'tokenizer': {'name': str(tiny_tokenizer)}, 'optimizer': {}, 'scheduler': {},
+    cfg = {'model': {'name': 'mpt_causal_lm'}, 'tokenizer': {'name': str(tiny_tokenizer)},
+           'optimizer': {'name': 'decoupled_adamw'}, 'scheduler': {'name': 'constant_with_warmup', 't_warmup': '0ba'},
            'max_duration': '10ba', 'max_seq_len': 64, 'global_train_batch_size': 8,
            'train_loader': _loader({'code': str(tiny_mds / 'code')})}
     validate(cfg)
