@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from composer.core import Callback, Event, State
+from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
@@ -86,9 +86,9 @@ class MixLogger(Callback):
             return
         if self._rec is not None:
             step = int(state.timestamp.batch)
-            self._rec.write(json.dumps({'step': step, 'global_index': state.batch['global_index'].tolist(),
-                                        'stream': state.batch['domain'].tolist(), 'sample_id': state.batch['sample_id'].tolist()})
-                            + '\n')
+            rec = {'step': step, 'global_index': state.batch['global_index'].tolist(),
+                   'stream': state.batch['domain'].tolist(), 'sample_id': state.batch['sample_id'].tolist()}
+            self._rec.write(json.dumps(rec) + '\n')
             self._rec.flush()
 
     def after_forward(self, state: State, logger: Logger) -> None:

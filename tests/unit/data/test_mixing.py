@@ -6,16 +6,16 @@ import random
 import numpy as np
 import pytest
 
-from foundry_ext.data.mixing import mixer as mixing
 from foundry_ext.data.mixing import adaptive, schedule
+from foundry_ext.data.mixing import mixer as mixing
 from foundry_ext.data.mixing.config import MixtureConfig, read_stream_index
 from foundry_ext.data.mixing.loader import MixtureBatchSampler
+from foundry_ext.errors import UserError
 from foundry_ext.validation import parse
 
 
 def parse_config(loader):
     return parse(MixtureConfig, loader, 'train_loader')
-from foundry_ext.errors import UserError
 
 STREAMS = ['prose', 'code', 'math']
 SHARDS = [[50, 37], [64], [13, 9, 20]]      # small streams: epochs roll over in the tests
@@ -231,7 +231,7 @@ def test_exact_resumption_at_random_steps():
 def _fake_losses(m, step, keys):
     """Per-stream loss as a deterministic function of the batch: stream 0 hardest."""
     sums, cnts = np.zeros(3), np.zeros(3)
-    for s, i, g in keys:
+    for s, i, _g in keys:
         sums[s] += 3.0 - s + 0.01 * (i % 7)
         cnts[s] += 1
     m.adaptive.observe(step, sums, cnts)
