@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from foundry_ext.atomic import atomic_dir
+from foundry_ext.atomic import atomic_dir, clean_stale_temp
 from foundry_ext.errors import UserError
 from foundry_ext.prep.sources import open_bytes
 
@@ -98,7 +98,6 @@ def convert_finetuning(inputs: list[tuple[str, Path]], tokenizer_dir: str | Path
     from streaming import MDSWriter
 
     from foundry_ext.prep.mds_writer import parse_compression
-    from foundry_ext.prep.pipeline import clean_stale_temp
     parse_compression(compression)
     stats: dict = {'max_seq_len': max_seq_len, 'tokenizer': str(tokenizer_dir), 'chat_template': template_source,
                    'on_too_long': on_too_long, 'target_prompts': target_prompts,
