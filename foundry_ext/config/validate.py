@@ -170,7 +170,9 @@ def _check_tokenizer(cfg: dict, problems: list[str]) -> None:
                             '(HF_HUB_OFFLINE=1); build one with `foundry-ext tokenizer`')
         return
     vocab = tokenizer_vocab_size(path)
-    model = cfg.get('model') if isinstance(cfg.get('model'), dict) else {}
+    model = cfg.get('model')
+    if not isinstance(model, dict):
+        model = {}
     mv = model.get('vocab_size')
     if vocab is not None and isinstance(mv, int) and vocab > mv:
         problems.append(f'tokenizer {name} has {vocab} tokens but model.vocab_size is {mv}; '

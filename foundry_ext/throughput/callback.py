@@ -85,12 +85,15 @@ class MFUMonitor(Callback):
         if self.user_peak is not None or self.device or (detected and hardware.device_key(detected)):
             peak, src = hardware.peak_flops(precision, self.device, self.user_peak, detected)
         else:  # unknown hardware: rank 0 measures (ranks on one CPU would slow each other), all use it
-            box = [None]
+            box: list[Optional[tuple[float, str]]] = [None]
             if dist.get_global_rank() == 0:
                 box = [hardware.peak_flops(precision, detected=detected or 'cpu',
                                            probe_device='cuda' if detected else 'cpu')]
             dist.broadcast_object_list(box, src=0)
-            peak, src = box[0]
+            got = box[0]
+            if got is None:   # broadcast_object_list fills it on every rank
+                raise RuntimeError('mfu_monitor: rank 0 sent no peak FLOP/s')
+            peak, src = got
         self.peak, self.peak_source = peak, src
         self.overhead_s += time.perf_counter() - t0
 
