@@ -1,6 +1,6 @@
 """`mfu_monitor`: throughput, MFU, HFU, ETA and projected cost, for any model.
 
-Thin Composer adapter over :mod:`foundry_ext.models.flops` (FLOPs per token from the model's config, or
+Thin Composer adapter over :mod:`foundry_ext.models.accounting` (FLOPs per token from the model's config, or
 measured once with FlopCounterMode for a model it does not know) and :mod:`foundry_ext.throughput.hardware`
 (peak FLOP/s: user value > table > a cached matmul probe; never 0).
 
@@ -8,7 +8,7 @@ Every ``log_interval`` batches it logs (tokens are Composer's, already summed ov
 training wall-clock, evaluation excluded):
 
 ``throughput/tokens_per_sec`` (global), ``throughput/device/tokens_per_sec``,
-``mfu/model_tflops_per_device``, ``mfu/mfu`` (DESIGN.md convention), ``mfu/mfu_causal``,
+``mfu/model_tflops_per_device``, ``mfu/mfu`` (the convention of docs/mfu.md), ``mfu/mfu_causal``,
 ``mfu/hfu`` (counts activation-checkpointing recompute), ``mfu/eta_s``, ``mfu/projected_device_hours``
 and, with ``usd_per_gpu_hour``, ``mfu/projected_cost_usd``.
 """
