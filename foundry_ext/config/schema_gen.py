@@ -84,7 +84,7 @@ def tables() -> dict[str, dict[str, tuple[str, ...]]]:
             mpt[name] = _types(p.annotation) if p.annotation is not p.empty else ('object',)
     for k, v in MPT_EXTRA.items():
         mpt.setdefault(k, tuple(_SIMPLE[t] for t in v))
-    attn = {k: ('object',) for k in [*attn_config_defaults, *ATTN_EXTRA]}
+    attn: dict[str, tuple[str, ...]] = {k: ('object',) for k in [*attn_config_defaults, *ATTN_EXTRA]}
     return {'TRAIN_KEYS': train, 'MPT_KEYS': mpt, 'ATTN_KEYS': attn}
 
 

@@ -181,7 +181,9 @@ def _check_tokenizer(cfg: dict, problems: list[str]) -> None:
         problems.append(f'tokenizer.name: {bad}')
         return
     vocab = tokenizer_vocab_size(path)
-    model = cfg.get('model') if isinstance(cfg.get('model'), dict) else {}
+    model = cfg.get('model')
+    if not isinstance(model, dict):
+        model = {}
     mv = model.get('vocab_size')
     if vocab is not None and isinstance(mv, int) and vocab > mv:
         problems.append(f'tokenizer {name} has {vocab} tokens but model.vocab_size is {mv}; '

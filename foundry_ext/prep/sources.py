@@ -25,7 +25,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import IO, Any, Iterator, Optional
 
 from foundry_ext.errors import UserError
 
@@ -201,24 +201,27 @@ class _ProcReader(io.RawIOBase):
 
     def __init__(self, cmd: list[str]):
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.proc.stdout is not None and self.proc.stderr is not None   # both are PIPEs
+        self._stdout: IO[bytes] = self.proc.stdout
+        self._stderr: IO[bytes] = self.proc.stderr
         self.cmd = cmd
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:
-        data = self.proc.stdout.read(len(b))
+    def readinto(self, b: Any) -> int:
+        data = self._stdout.read(len(b))
         b[:len(data)] = data
         return len(data)
 
-    def read(self, n: int = -1) -> bytes:
-        return self.proc.stdout.read() if n is None or n < 0 else self.proc.stdout.read(n)
+    def read(self, n: int | None = -1) -> bytes:
+        return self._stdout.read() if n is None or n < 0 else self._stdout.read(n)
 
     def close(self) -> None:
         if not self.closed:
-            self.proc.stdout.close()
-            err = self.proc.stderr.read().decode(errors='replace').strip()
-            self.proc.stderr.close()
+            self._stdout.close()
+            err = self._stderr.read().decode(errors='replace').strip()
+            self._stderr.close()
             rc = self.proc.wait()
             super().close()
             if rc != 0:
@@ -273,25 +276,22 @@ def expand_inputs(specs: list[str], want) -> list[Path]:
 
 
 def text_file_chunks(src: Source, block_bytes: int, max_doc_bytes: int) -> Iterator[Chunk]:
-    batch: list = []
+    batch: list[tuple[str, bytes, bool, bool]] = []   # (name, bytes, continues, last); named by its first
     size = 0
-    first_name = None
     for path in src.paths:
         with open_bytes(path) as f:
             plain = path.suffix not in COMPRESSED
             data = f.read() if plain and path.stat().st_size <= max_doc_bytes else f.read(max_doc_bytes + 1)
             if len(data) <= max_doc_bytes:
-                if first_name is None:
-                    first_name = str(path)
                 batch.append((str(path), data, False, True))
                 size += len(data)
                 if size >= block_bytes:
-                    yield Chunk('texts', first_name, src.split, src.domain, 0, batch, size)
-                    batch, size, first_name = [], 0, None
+                    yield Chunk('texts', batch[0][0], src.split, src.domain, 0, batch, size)
+                    batch, size = [], 0
                 continue
             if batch:
-                yield Chunk('texts', first_name, src.split, src.domain, 0, batch, size)
-                batch, size, first_name = [], 0, None
+                yield Chunk('texts', batch[0][0], src.split, src.domain, 0, batch, size)
+                batch, size = [], 0
             cont = False
             while True:
                 more = f.read(max_doc_bytes + 1 - len(data)) if len(data) <= max_doc_bytes else b''
@@ -306,7 +306,7 @@ def text_file_chunks(src: Source, block_bytes: int, max_doc_bytes: int) -> Itera
                 data = data[cut:]
                 cont = True
     if batch:
-        yield Chunk('texts', first_name, src.split, src.domain, 0, batch, size)
+        yield Chunk('texts', batch[0][0], src.split, src.domain, 0, batch, size)
 
 
 def jsonl_chunks(src: Source, block_bytes: int) -> Iterator[Chunk]:

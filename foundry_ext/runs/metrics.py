@@ -9,7 +9,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 from composer.loggers import LoggerDestination
 from composer.utils import dist
@@ -30,10 +30,10 @@ class MetricsJsonlLogger(LoggerDestination):
     def __init__(self, folder: str = '.', filename: str = 'metrics.jsonl') -> None:
         super().__init__()
         self.path = Path(folder) / filename
-        self._file = None
+        self._file: Optional[TextIO] = None     # rank 0 only, opened on the first write
         self._hparams: dict[str, Any] = {}
 
-    def _open(self):
+    def _open(self) -> Optional[TextIO]:
         if self._file is None and dist.get_global_rank() == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, 'a', encoding='utf-8')

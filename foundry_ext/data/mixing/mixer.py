@@ -63,7 +63,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 def derive_seed(*parts: int) -> int:
     """A 31-bit seed from integers (e.g. (seed, stream) for streaming's shuffles)."""
-    h = np.uint64(0x5EED)
+    h: np.ndarray | np.uint64 = np.uint64(0x5EED)
     for p in parts:
         h = _mix64(np.asarray(h ^ np.uint64(int(p) & _M64), dtype=np.uint64))
     return int(h) & 0x7FFFFFFF
