@@ -11,11 +11,12 @@ import sys
 from typing import Any
 
 from foundry_ext import env
+from foundry_ext.commands import guard
 from foundry_ext.errors import UserError, exit_with
 
 log = logging.getLogger('foundry_ext')
 
-USAGE = 'usage: composer scripts/train.py <config.yaml> [key=value ...]'
+USAGE = 'usage: composer scripts/train.py <config.yaml> [key=value ...] [--debug]'
 
 
 def prepare(argv: list[str]) -> dict[str, Any]:
@@ -38,15 +39,12 @@ def prepare(argv: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     env.set_offline_defaults()
-    argv = sys.argv[1:] if argv is None else argv
+    debug, argv = guard.pop_debug(sys.argv[1:] if argv is None else argv)
     try:
         cfg = prepare(argv)
     except UserError as e:
         return exit_with(e)
     from llmfoundry.command_utils import train
     from omegaconf import OmegaConf as om
-    try:
-        train(om.create(cfg))
-    except UserError as e:  # raised by our components while building
-        return exit_with(e)
-    return 0
+    # ---- bad-inputs guard: anything that fails inside Composer / LLM Foundry is one line + a log
+    return guard.run(lambda: train(om.create(cfg)), cfg, debug)
