@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from test_generate import build  # noqa: E402
 
 from foundry_ext.gauntlet import composite as comp
 from foundry_ext.gauntlet.config import RunOptions
@@ -16,7 +17,6 @@ from foundry_ext.gauntlet.runner import parse_tasks, run_gauntlet
 from foundry_ext.gauntlet.tasks import load_examples, task_from_cfg
 
 from conftest import WORDS, write_jsonl  # noqa: E402
-from test_generate import build  # noqa: E402
 
 NO_BOOT = RunOptions(bootstrap_samples=0)
 

@@ -9,9 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_categories import foundry_composite  # noqa: E402
 
 from conftest import ROOT, WORDS, write_jsonl  # noqa: E402
-from test_categories import foundry_composite  # noqa: E402
 
 
 def _eval_data() -> Path | None:

@@ -518,11 +518,14 @@ def test_eval_command_bad_config_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_eval_script_end_to_end_hf_dir(files, gpt2, tok, tmp_path):
-    """`python scripts/eval.py` and `composer -n 2 scripts/eval.py` (examples split over 2 gloo ranks)."""
-    import os
+def test_eval_script_end_to_end_hf_dir(files, gpt2, tok, tmp_path, capsys):
+    """The eval command in this process, and `scripts/eval.py` under a 2-process launcher (examples split
+    over 2 gloo ranks): same per-example results. Few examples: the subject is the command (yaml, overrides,
+    launcher, outputs, compare, cache), not scoring; the one subprocess is mostly imports."""
     import subprocess
     import sys
+
+    from foundry_ext.commands.eval import main
 
     from conftest import ROOT
     hf = tmp_path / 'hf'
@@ -530,25 +533,33 @@ def test_eval_script_end_to_end_hf_dir(files, gpt2, tok, tmp_path):
     tok.save_pretrained(hf)
     tasks = tmp_path / 'tasks.yaml'
     tasks.write_text(f"icl_tasks:\n- {{label: mc, dataset_uri: {files['mc']}, icl_task_type: multiple_choice, "
-                     f"num_fewshot: [0, 1]}}\n- {{label: lm, dataset_uri: {files['lm']}, "
-                     "icl_task_type: language_modeling, num_fewshot: [0]}\n")
+                     f"num_fewshot: [0, 1], limit: 6}}\n- {{label: lm, dataset_uri: {files['lm']}, "
+                     "icl_task_type: language_modeling, num_fewshot: [0], limit: 6}\n")
     gauntlet = tmp_path / 'g.yaml'
     gauntlet.write_text('eval_gauntlet:\n  categories:\n  - {name: a, benchmarks: [{name: mc, num_fewshot: 0, '
                         'random_baseline: 0.33}, {name: lm, num_fewshot: 0}]}\n')
     results = {}
-    for launcher in ([sys.executable], [os.path.join(os.path.dirname(sys.executable), 'composer'), '-n', '2']):
-        out = tmp_path / f'out{len(launcher)}'
-        r = subprocess.run([*launcher, 'scripts/eval.py', str(ROOT / 'yamls' / 'eval' / 'starter.yaml'),
-                            f'model={{hf_path: {hf}}}', f'icl_tasks={tasks}', f'eval_gauntlet={gauntlet}',
-                            f'output_dir={out}', f'cache_dir={out}-cache', 'bootstrap_samples=200',
-                            f'compare={{hf_path: {hf}}}'],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
+    # torchrun sets the same RANK/WORLD_SIZE/MASTER_* as `composer -n 2` and imports less (the launcher is
+    # not under test: tests/e2e/test_train_e2e.py runs `composer -n 2`)
+    for launcher in (None, [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']):
+        out = tmp_path / f'out{launcher is None}'
+        args = [str(ROOT / 'yamls' / 'eval' / 'starter.yaml'), f'model={{hf_path: {hf}}}', f'icl_tasks={tasks}',
+                f'eval_gauntlet={gauntlet}', f'output_dir={out}', f'cache_dir={out}-cache', 'bootstrap_samples=50',
+                f'compare={{hf_path: {hf}}}']
+        if launcher is None:
+            assert main(args) == 0
+            stdout = capsys.readouterr().out
+        else:
+            r = subprocess.run([*launcher, 'scripts/eval.py', *args], cwd=ROOT, capture_output=True, text=True,
+                               timeout=300)
+            assert r.returncode == 0, r.stderr[-2000:]
+            stdout = r.stdout
         res = json.loads((out / 'results.json').read_text())
         assert set(res['benchmarks']) == {'mc/0-shot', 'mc/1-shot', 'lm/0-shot'} and res['categories']['a']['score'] is not None
+        assert all(b['n'] == 6 for b in res['benchmarks'].values())
         assert all(row['diff'] == 0 for row in res['compare']['rows'])  # same model: zero difference
-        assert (out / 'categories.png').stat().st_size > 5000 and 'core_average' not in r.stdout
-        assert r.stdout.count('gauntlet report:') == 1  # rank 0 alone reports
+        assert (out / 'categories.png').stat().st_size > 5000 and 'core_average' not in stdout
+        assert stdout.count('gauntlet report:') == 1  # rank 0 alone reports
         results[res['world_size']] = {k: b['correct'] for k, b in res['benchmarks'].items()}
     assert results[2] == results[1]
 
