@@ -42,6 +42,7 @@ LORA = {'peft_type': 'LORA', 'r': 16, 'lora_alpha': 32, 'lora_dropout': 0.0, 'ta
 CASES: list[dict] = [
     dict(name='dense', model={}, ac=False, mb=4, batch=8, seq=256),
     dict(name='dense-ac', model={}, ac=True, mb=4, batch=8, seq=256),
+    dict(name='dense-ac-v512', model={'vocab_size': 512}, ac=True, mb=4, batch=8, seq=256),
     dict(name='dense-mb1-gqa', model={'n_heads': 8, 'attn_config': {**TINY['attn_config'], 'kv_n_heads': 2,
                                                                      'attn_type': 'grouped_query_attention'}},
          ac=False, mb=1, batch=2, seq=256),
@@ -175,12 +176,15 @@ def measure(cfg: dict, case: dict, device: str, tmp: str) -> tuple[float, dict[s
                       device_train_microbatch_size=case['mb'], progress_bar=False, log_to_console=False,
                       loggers=[], callbacks=[] if cuda else [_phase_callback(tracker)], seed=17)
     amp = case.get('precision', 'fp32') != 'fp32' and not cuda
-    if cuda:
+    if cuda:   # also what the CPU cannot measure: fragmentation (reserved / allocated) and memory outside torch
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         trainer.fit()
         torch.cuda.synchronize()
-        return float(torch.cuda.max_memory_allocated()), {'reserved': torch.cuda.max_memory_reserved()}
+        free, total = torch.cuda.mem_get_info()
+        reserved = torch.cuda.memory_reserved()
+        return float(torch.cuda.max_memory_allocated()), {
+            'max_reserved': torch.cuda.max_memory_reserved(), 'outside_torch': total - free - reserved}
     for p in model.parameters():
         tracker.track(p)
     for b in model.buffers():
@@ -200,6 +204,8 @@ def main() -> int:
     ap.add_argument('--json', default=None, help='also write the rows here')
     a = ap.parse_args()
     import torch
+
+    from foundry_ext.plan.memory import FRAGMENTATION
     if a.device == 'cuda' and not torch.cuda.is_available():
         print('BENCH plan_accuracy max_abs_err=n/a goal<=0.10 SKIP (no CUDA device)')
         return 0
@@ -218,7 +224,12 @@ def main() -> int:
             measured, phases = measure(cfg, case, a.device, tmp)
         err = (plan.allocated - measured) / measured
         mib = 2 ** 20
-        ph = '  '.join(f'{k.split()[0]} {plan.phases.get(k, 0) / mib:.0f}/{v / mib:.0f}' for k, v in phases.items())
+        if a.device == 'cuda':
+            ph = (f"reserved {phases['max_reserved'] / mib:.0f} (x{phases['max_reserved'] / measured:.3f} of allocated;"
+                  f" predicted x{1 + FRAGMENTATION:.2f}), outside torch {phases['outside_torch'] / mib:.0f} (predicted "
+                  f"{plan.outside / mib:.0f})")
+        else:
+            ph = '  '.join(f'{k.split()[0]} {plan.phases.get(k, 0) / mib:.0f}/{v / mib:.0f}' for k, v in phases.items())
         print(f"{case['name']:<16} {plan.allocated / mib:13.1f} {measured / mib:12.1f} {100 * err:+6.1f}%   {ph}",
               flush=True)
         rows.append({'case': case['name'], 'predicted': plan.allocated, 'measured': measured, 'error': err,

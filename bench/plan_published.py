@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from foundry_ext.plan import build  # noqa: E402
-from foundry_ext.plan.memory import GiB, Cluster  # noqa: E402
+from foundry_ext.plan.memory import Cluster, GiB  # noqa: E402
 from foundry_ext.throughput import hardware  # noqa: E402
 
 CSV = ROOT / 'docs' / 'plan_published.csv'

@@ -22,6 +22,7 @@ from foundry_ext.errors import UserError, exit_with
 
 USAGE = ('usage: foundry-ext plan <config.yaml> [key=value ...] --gpu NAME [--gpus N] [--nodes M] [--tokens 26B] '
          '[--mfu 0.4] [--usd-per-gpu-hour 2.5] [--host-ram-gib 512] [--json] | --diff a.yaml b.yaml ...')
+_VALUE_FLAGS = ('--gpus', '--nodes', '--tokens', '--mfu', '--usd-per-gpu-hour', '--host-ram-gib', '--gpu')
 _PATH_PROBLEMS = (' does not exist', 'is not a local folder and the hub is off')
 
 
@@ -60,12 +61,25 @@ def _validate(cfg: dict[str, Any]) -> list[str]:
         ([f'... and {len(paths) - 1} more missing folder(s)'] if len(paths) > 1 else [])
 
 
+def _join_negative(argv: list[str]) -> list[str]:
+    """``--tokens -5B`` -> ``--tokens=-5B``, so a negative value gets its own message, not argparse's."""
+    out: list[str] = []
+    it = iter(argv)
+    for x in it:
+        if x in _VALUE_FLAGS:
+            nxt = next(it, None)
+            out.append(x if nxt is None else f'{x}={nxt}')
+        else:
+            out.append(x)
+    return out
+
+
 def run(argv: list[str]) -> str:
     from foundry_ext.config.load import load
     from foundry_ext.plan import build, render
     from foundry_ext.plan.config import PlanConfig
     from foundry_ext.plan.memory import GiB
-    a = parser().parse_intermixed_args(argv)
+    a = parser().parse_intermixed_args(_join_negative(argv))
     yamls = [x for x in a.args if '=' not in x or Path(x).is_file()]
     overrides = [x for x in a.args if x not in yamls]
     if not yamls:

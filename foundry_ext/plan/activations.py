@@ -62,14 +62,20 @@ class Activations:
 
 def estimate(m: ModelSpec, n: Numerics, tokens: int, seq: int) -> Activations:
     s = m.shape
-    per = _mpt_layer(m, n, seq) if m.template == 'mpt' else _hf_layer(m, n, seq)
+    batch = max(1, tokens // seq)
+    per = _mpt_layer(m, n, seq, batch) if m.template == 'mpt' else _hf_layer(m, n, seq, batch)
     per = {k: v * tokens for k, v in per.items() if v}
     a, v = n.a, s.vocab_size
+    extra = 0.0                                               # per microbatch, not per token
     if m.template == 'mpt':
         head = 8 + n.r * s.d_model + n.a * s.d_model + 16     # ids, norm_f input, lm_head input, stats
-    else:
-        full = m.lora is None
-        head = 8 + 4 * s.d_model + 4 + (2 * a * s.d_model if full else 0) + 2 * s.head_dim * a
+    elif m.lora is None:                                       # ids, final norm (+ its output), lm_head input
+        head = 8 + 4 * s.d_model + 4 + 2 * a * s.d_model
+        extra = 2 * seq * s.head_dim * a                       # rotary cos/sin, shared by the batch and layers
+    else:   # LoRA: the frozen embedding keeps no ids and the first block's input needs no gradient, so
+        # its input norm saves nothing: that cancels the final norm's input (4 d + 4) counted here
+        head = 0.0
+        extra = 2 * seq * s.head_dim * a
     if 'emb' in m.dropout:
         head += s.d_model
     logits = a * v
@@ -85,11 +91,11 @@ def estimate(m: ModelSpec, n: Numerics, tokens: int, seq: int) -> Activations:
     if m.attn == 'math':
         bwd += BWD_SCORES_FACTOR * 4 * s.n_heads * seq
     return Activations(per_layer=per, layers=s.n_layers, block_input=n.r * s.d_model * tokens,
-                       head=head * tokens, logits=logits * tokens, ce_saved=ce_saved * tokens,
+                       head=head * tokens + extra, logits=logits * tokens, ce_saved=ce_saved * tokens,
                        ce_backward=ce_bwd * tokens, metrics=metrics * tokens, layer_backward=bwd * tokens)
 
 
-def _attn_kernel(m: ModelSpec, n: Numerics, seq: int) -> dict[str, float]:
+def _attn_kernel(m: ModelSpec, n: Numerics, seq: int, batch: int) -> dict[str, float]:
     """What the attention kernel itself keeps (scores, log-sum-exp, masks)."""
     s, a = m.shape, n.a
     out: dict[str, float] = {}
@@ -101,13 +107,18 @@ def _attn_kernel(m: ModelSpec, n: Numerics, seq: int) -> dict[str, float]:
         out['attn_lse'] = 4 * s.n_heads
     if m.attn != 'flash':
         if m.attn_mask == 'bias':
-            out['attn_mask'] = 4 * s.n_heads * seq          # (b, h, s, s) fp32 bias
-        elif m.attn_mask == 'bool' or m.attn == 'math':
-            out['attn_mask'] = seq                          # (b, 1, s, s) bool
+            if m.attn == 'math':
+                out['attn_mask'] = seq                          # the bias is added, the (b, 1, s, s) mask kept
+            else:
+                out['attn_mask'] = a * s.n_heads * seq          # (b, h, s, s) bias in the compute dtype
+        elif m.attn_mask == 'bool':
+            out['attn_mask'] = seq                              # (b, 1, s, s) bool
+        elif m.attn == 'math':
+            out['attn_mask'] = seq / batch                      # causal only: one (s, s) bool for the batch
     return out
 
 
-def _mpt_layer(m: ModelSpec, n: Numerics, seq: int) -> dict[str, float]:
+def _mpt_layer(m: ModelSpec, n: Numerics, seq: int, batch: int) -> dict[str, float]:
     s, a, r = m.shape, n.a, n.r
     d, hd, kvd = s.d_model, s.head_dim, s.kv_heads * s.head_dim
     qkv = s.n_heads * hd + 2 * kvd
@@ -116,16 +127,18 @@ def _mpt_layer(m: ModelSpec, n: Numerics, seq: int) -> dict[str, float]:
     rot = 2 * hd * a if m.rope == 'hf' else 0
     if m.attn == 'flash':          # unpadded q, k, v copies, the kernel output and its padded copy
         att = a * (qkv + 2 * d) + rot
+    elif m.attn == 'math':         # matmul keeps contiguous copies of q and of the (repeated) k and v
+        att = rot + a * d + 2 * a * (d if gqa else kvd) + a * d
     else:
         if m.rope == 'hf':         # rotated q and k are new tensors; qkv survives only as v's base
             q, k = a * d, a * (d if gqa else kvd)
-            v = a * d if gqa else (a * kvd if m.attn == 'math' else a * qkv)
+            v = a * d if gqa else a * qkv
         else:                      # q and k are views of the fused qkv, which stays alive
             q, k = a * qkv, a * d if gqa else 0
-            v = a * d if gqa else (a * kvd if m.attn == 'math' else 0)
+            v = a * d if gqa else 0
         att = rot + q + k + v + a * d   # + the attention output (the out projection's input)
     out['attention'] = att
-    out.update(_attn_kernel(m, n, seq))
+    out.update(_attn_kernel(m, n, seq, batch))
     if s.experts > 1:
         k = s.top_k
         out['moe'] = a * k * (2 * d + (4 if s.glu else 2) * s.ffn_hidden) + 4 * s.experts + 44 * k
@@ -136,7 +149,7 @@ def _mpt_layer(m: ModelSpec, n: Numerics, seq: int) -> dict[str, float]:
     return out
 
 
-def _hf_layer(m: ModelSpec, n: Numerics, seq: int) -> dict[str, float]:
+def _hf_layer(m: ModelSpec, n: Numerics, seq: int, batch: int) -> dict[str, float]:
     s, a = m.shape, n.a
     d, kvd = s.d_model, s.kv_heads * s.head_dim
     lora = m.lora
@@ -163,7 +176,7 @@ def _hf_layer(m: ModelSpec, n: Numerics, seq: int) -> dict[str, float]:
         out['lora'] = a * lora.r * len(lora.targets)   # the A projections' outputs
     if m.qk_norm:
         out['qk_norm'] = (4 + (a if full else 0)) * (d + kvd) + 8 * s.n_heads
-    kern = _attn_kernel(m, n, seq)
+    kern = _attn_kernel(m, n, seq, batch)
     kern.pop('attn_mask', None)     # HF passes no mask to SDPA for unpadded causal batches
     out.update(kern)
     f = s.ffn_hidden

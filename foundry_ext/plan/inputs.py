@@ -10,6 +10,7 @@ optimizer, keys that change memory in ways the model does not cover (``tp_config
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -123,16 +124,21 @@ class TrainSetup:
 
     def with_(self, **changes: Any) -> TrainSetup:
         """A copy with fields of this setup or of its parts replaced: ``with_(ac=True, microbatch=4)``."""
-        parts = {'model': self.model, 'parallel': self.parallel, 'optim': self.optim, 'batch': self.batch}
-        top = {}
+        parts: dict[str, Any] = {'model': self.model, 'parallel': self.parallel, 'optim': self.optim,
+                                 'batch': self.batch}
+        top: dict[str, Any] = {}
         for k, v in changes.items():
             for name, part in parts.items():
-                if k in part.__dataclass_fields__:
+                if k in fields_of(part):
                     parts[name] = replace(part, **{k: v})
                     break
             else:
                 top[k] = v
         return replace(self, **parts, **top)
+
+
+def fields_of(obj: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(obj)}
 
 
 def _refuse(key: str, why: str) -> UserError:
@@ -273,7 +279,8 @@ def _read_hf(model: Mapping[str, Any], check: Any, notes: list[str]) -> ModelSpe
     kernels = {'eager': 'math', 'sdpa': 'sdpa', 'flash_attention_2': 'flash'}
     if impl not in kernels:
         raise UserError(f"model.attn_implementation {impl!r}: the planner knows {', '.join(kernels)}")
-    lora = read_lora(model.get('peft_config'), shape, check) if model.get('peft_config') else None
+    peft = model.get('peft_config')
+    lora = read_lora(peft, shape, check) if isinstance(peft, Mapping) and peft else None
     return ModelSpec(name='hf_causal_lm', template='hf', hf_type=mtype, shape=shape, counts=param_counts(shape),
                      attn=kernels[impl], attn_mask='none', rope='hf', loss='torch',
                      train_metrics=bool(model.get('use_train_metrics', True)),
@@ -295,10 +302,11 @@ def read_lora(peft: Mapping[str, Any], s: ModelShape, check: Any) -> LoraSpec:
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise UserError(f'{where}.r must be a positive integer, got {r!r}')
     targets = peft.get('target_modules')
+    kinds: tuple[str, ...]
     if targets in (None, 'all-linear', ['all-linear']):
         kinds = _ALL_LINEAR if targets else ('q', 'v')   # peft's Llama default is q_proj, v_proj
     else:
-        names = [targets] if isinstance(targets, str) else list(targets)
+        names = [str(targets)] if isinstance(targets, str) else [str(t) for t in (targets or [])]
         unknown = [n for n in names if n.split('.')[-1] not in _LORA_KINDS]
         if unknown:
             raise UserError(f'{where}.target_modules {unknown[0]!r}: the planner knows '

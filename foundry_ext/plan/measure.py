@@ -31,7 +31,7 @@ class LiveBytes:
         tracker = self
 
         class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
                 tree_map_only(torch.Tensor, tracker.track, out)
                 tracker.update()

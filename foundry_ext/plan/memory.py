@@ -116,7 +116,7 @@ def effective(setup: TrainSetup, cluster: Cluster) -> Effective:
     p, world = setup.parallel, cluster.world
     amp = setup.amp
     if not p.fsdp or world == 1:
-        notes = ()
+        notes: tuple[str, ...] = ()
         if p.fsdp:
             notes = ('1 GPU: LLM Foundry drops fsdp_config (no sharding, no activation checkpointing)',)
         return Effective('single' if world == 1 else 'ddp', 1, False, 4, 4, False, 0 if world == 1 else 1, notes)
@@ -214,8 +214,9 @@ def estimate(setup: TrainSetup, cluster: Cluster, microbatch: int | None = None,
     add('optimizer', f'optimizer states ({setup.optim.name})', 4 * st * T / N, f'{st} fp32 states per trainable param')
     pb = eff.param_bytes
     if fsdp:
+        working: float
         if setup.parallel.whole_model_unit or not eff.reshard:
-            working = P * pb
+            working = float(P * pb)
             wnote = 'all blocks unsharded from forward to backward' if not eff.reshard else 'one FSDP unit'
         else:
             inflight = 1 + setup.parallel.prefetch
@@ -247,8 +248,17 @@ def estimate(setup: TrainSetup, cluster: Cluster, microbatch: int | None = None,
     add('loss_backward', 'loss backward (transient)', acts.ce_backward, 'log-softmax gradients' if m.loss == 'torch'
         else 'fused cross-entropy gradient')
     recompute = acts.layer if eff.ac else 0.0
-    add('block_backward', 'block backward (transient)', acts.layer_backward + recompute,
-        'recomputed block + its gradients' if eff.ac else 'gradients of one block')
+    sh = m.shape
+    stacked = sh.d_model * sh.ffn_hidden * sh.experts if sh.experts > 1 and m.lora is None else 0
+    if fsdp:     # the unit's unsharded grads are fsdp_grads; MoE: per-expert grads before they are stacked
+        wgrad = stacked * pb
+    elif accum == 1:   # the head's and this block's new weight gradients (+ pieces of stacked experts)
+        wgrad = (T_root + T_block + stacked) * gb
+    else:        # a new gradient before it is added into .grad (stacked experts: pieces + stack)
+        matrix = max(sh.d_model * sh.ffn_hidden, sh.d_model * (sh.n_heads + 2 * sh.kv_heads) * sh.head_dim)
+        wgrad = (2 * stacked if stacked else (matrix if m.lora is None else 0)) * gb
+    add('block_backward', 'block backward (transient)', acts.layer_backward + recompute + wgrad,
+        ('recomputed block + ' if eff.ac else '') + 'activation and weight gradients of one block')
     add('prev_logits', 'previous logits (state.outputs)', acts.logits, 'held until the next forward returns')
     step_tmp = _step_temps(setup, T, N, largest, fsdp)
     add('step_temps', 'optimizer step temporaries', step_tmp, 'largest parameter' if setup.optim.per_param
@@ -293,9 +303,9 @@ def _step_temps(setup: TrainSetup, T: float, N: int, largest: float, fsdp: bool)
     o = setup.optim
     if o.fused or o.states == 0:
         return 0.0
-    if o.per_param:
+    if o.per_param:   # Adam: sqrt and divide (+ the previous parameter's denominator); Lion: its update (+ previous)
         big = largest / (N if fsdp else 1)
-        return (2 if o.states >= 2 else 1) * 4 * min(big, T / N)
+        return (3 if o.states >= 2 else 2) * 4 * min(big, T / N)
     return 4 * T / N
 
 

@@ -1,7 +1,7 @@
 """The planner's words: the text report, ``--diff`` between configs, the one-line training summary."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from foundry_ext.plan.build import Plan
 from foundry_ext.plan.memory import TIGHT, GiB
@@ -88,7 +88,7 @@ def text(plan: Plan) -> str:
     L.append('')
     L.append(f'FLOPs     {sp.flops_per_token:.4g} per token (6*N_active + 12*n_layers*d_attn*seq, as mfu_monitor); '
              f'{sp.executed_per_token:.4g} executed')
-    if sp.tokens_per_s:
+    if sp.tokens_per_s and sp.peak and sp.mfu is not None:
         L.append(f'speed     MFU {sp.mfu:.2f} ({sp.mfu_source}) at {sp.peak / 1e12:.4g} TFLOP/s peak -> '
                  f'{_n(sp.tokens_per_s)} tokens/s ({_n(sp.tokens_per_s / plan.cluster.world)} per GPU), '
                  f'{sp.step_s:.3g} s per optimizer step')
@@ -146,7 +146,7 @@ def _fixes(plan: Plan) -> str:
     return '\n'.join(L)
 
 
-def diff(plans: list[tuple[str, Plan]], configs: list[Mapping[str, Any]]) -> str:
+def diff(plans: Sequence[tuple[str, Plan]], configs: Sequence[Mapping[str, Any]]) -> str:
     """Term by term, each config against the first: what differs and by how much."""
     (name0, p0), rest = plans[0], plans[1:]
     out: list[str] = []
@@ -156,7 +156,8 @@ def diff(plans: list[tuple[str, Plan]], configs: list[Mapping[str, Any]]) -> str
 
         def row(k: str, p: Plan = p) -> tuple[str, float, float]:
             t0, t1 = p0.memory.terms.get(k), p.memory.terms.get(k)
-            label = (t0 or t1).label if (t0 or t1) else k
+            t = t0 or t1
+            label = t.label if t is not None else k
             return label, t0.bytes if t0 else 0.0, t1.bytes if t1 else 0.0
         keys = [k for k in _ORDER if k in p0.memory.terms or k in p.memory.terms]
         rows = [row(k) for k in keys if k not in ('fragmentation', 'cuda_context')]
@@ -167,7 +168,8 @@ def diff(plans: list[tuple[str, Plan]], configs: list[Mapping[str, Any]]) -> str
         for label, a, b in rows:
             if abs(b - a) < 0.5 * 2 ** 20 and label != '= total':
                 continue
-            out.append(f'  {label:<37} {_g(a):>8} {_g(b):>8} {_g(b - a):>+9}')
+            delta = ('+' if b >= a else '-') + _g(abs(b - a))
+            out.append(f'  {label:<37} {_g(a):>8} {_g(b):>8} {delta:>9}')
         va = 'fits' if p0.memory.fits else 'does not fit'
         vb = 'fits' if p.memory.fits else 'DOES NOT FIT'
         out.append(f'  verdict: {va} ({_g(p0.memory.headroom)} GiB headroom) -> {vb} ({_g(p.memory.headroom)} GiB)')

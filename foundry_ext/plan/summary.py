@@ -37,13 +37,13 @@ def summary(cfg: Mapping[str, Any], device: tuple[str, float], world: int, per_n
     return line
 
 
-def print_summary(cfg: Mapping[str, Any], detect: Callable[[], tuple[str, float] | None] = detect_cuda,
+def print_summary(cfg: Mapping[str, Any], detect: Callable[[], tuple[str, float] | None] | None = None,
                   out: TextIO | None = None) -> str | None:
     """Print the summary on rank 0 when the device is known; returns the line (None when silent)."""
     if env.rank() != 0:
         return None
     try:
-        device = detect()
+        device = (detect or detect_cuda)()
     except Exception:   # a broken CUDA setup is train's to report, not the planner's
         return None
     if device is None:

@@ -11,7 +11,7 @@ from foundry_ext.errors import UserError
 from foundry_ext.models import accounting
 from foundry_ext.plan import advice, build, memory, speed
 from foundry_ext.plan.inputs import read_setup
-from foundry_ext.plan.memory import GiB, Cluster
+from foundry_ext.plan.memory import Cluster, GiB
 
 from conftest import ROOT
 
