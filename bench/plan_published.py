@@ -81,14 +81,16 @@ def main() -> int:
     a = ap.parse_args()
     rs = rows()
     if a.markdown:
-        print('| model | seq | GPUs | microbatch | AC | predicted peak / GPU (GiB) | verdict | MFU published | MFU predicted |')
+        print('| model | seq | GPUs | microbatch (largest predicted) | AC | predicted peak / GPU (GiB) | verdict '
+              '| MFU published | MFU predicted |')
         print('|---|---|---|---|---|---|---|---|---|')
     for r in rs:
         p = r['plan']
         verdict = 'fits' if p.memory.fits else 'DOES NOT FIT'
         peak = f'{p.memory.total / GiB:.1f} / {p.memory.capacity / GiB:.1f}'
         if a.markdown:
-            print(f"| {r['model']} | {r['seq']} | {r['gpus']} x {r['gpu']} | {r['mb']} | {'yes' if r['ac'] == '1' else 'no'} "
+            print(f"| {r['model']} | {r['seq']} | {r['gpus']} x {r['gpu']} | {r['mb']} ({p.largest_microbatch}) "
+                  f"| {'yes' if r['ac'] == '1' else 'no'} "
                   f"| {peak} | {verdict} | {float(r['mfu']):.1f} | {r['mfu_pred']:.1f} |")
         else:
             print(f"{r['model']:>5} seq {r['seq']:>6} {r['gpus']:>4} x {r['gpu']:<10} mb {r['mb']:>4} ac {r['ac']} "

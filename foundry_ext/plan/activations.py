@@ -68,7 +68,7 @@ def estimate(m: ModelSpec, n: Numerics, tokens: int, seq: int) -> Activations:
     a, v = n.a, s.vocab_size
     extra = 0.0                                               # per microbatch, not per token
     if m.template == 'mpt':
-        head = 8 + n.r * s.d_model + n.a * s.d_model + 16     # ids, norm_f input, lm_head input, stats
+        head: float = 8 + n.r * s.d_model + n.a * s.d_model + 16     # ids, norm_f input, lm_head input, stats
     elif m.lora is None:                                       # ids, final norm (+ its output), lm_head input
         head = 8 + 4 * s.d_model + 4 + 2 * a * s.d_model
         extra = 2 * seq * s.head_dim * a                       # rotary cos/sin, shared by the batch and layers

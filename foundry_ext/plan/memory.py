@@ -89,6 +89,7 @@ class MemoryPlan:
     effective: Effective
     host: dict[str, float] = field(default_factory=dict)   # per node, bytes per phase
     host_terms: dict[str, Term] = field(default_factory=dict)
+    moments: dict[str, float] = field(default_factory=dict)   # the forward/backward moments compared
 
     @property
     def total(self) -> float:
@@ -251,7 +252,7 @@ def estimate(setup: TrainSetup, cluster: Cluster, microbatch: int | None = None,
     sh = m.shape
     stacked = sh.d_model * sh.ffn_hidden * sh.experts if sh.experts > 1 and m.lora is None else 0
     if fsdp:     # the unit's unsharded grads are fsdp_grads; MoE: per-expert grads before they are stacked
-        wgrad = stacked * pb
+        wgrad: float = stacked * pb
     elif accum == 1:   # the head's and this block's new weight gradients (+ pieces of stacked experts)
         wgrad = (T_root + T_block + stacked) * gb
     else:        # a new gradient before it is added into .grad (stacked experts: pieces + stack)
@@ -275,10 +276,11 @@ def estimate(setup: TrainSetup, cluster: Cluster, microbatch: int | None = None,
     grads_acc = v['gradients'] + g('ddp_buckets', 0) if accum > 1 else 0.0
     root_grad = T_root * pb if fsdp else 0.0
     base = static + grads_acc + v['activations']
-    fwdbwd = max(base + v['logits'] + v['loss_backward'] + root_grad,
-                 base + v['logits'] - acts.ce_saved + v['block_backward'] + g('fsdp_grads', 0),
-                 base + acts.logits + v['prev_logits'],
-                 static + v['gradients'] + g('ddp_buckets', 0) + acts.logits + g('fsdp_grads', 0))
+    moments = {'loss backward': base + v['logits'] + v['loss_backward'] + root_grad,
+               'first block backward': base + v['logits'] - acts.ce_saved + v['block_backward'] + g('fsdp_grads', 0),
+               'end of forward': base + acts.logits + v['prev_logits'],
+               'end of backward': static + v['gradients'] + g('ddp_buckets', 0) + acts.logits + g('fsdp_grads', 0)}
+    fwdbwd = max(moments.values())
     phases = {'forward/backward': fwdbwd,
               'optimizer step': v['weights'] + v['gradients'] + v['optimizer'] + step_tmp + acts.logits}
     if 'metrics' in v:
@@ -294,7 +296,7 @@ def estimate(setup: TrainSetup, cluster: Cluster, microbatch: int | None = None,
     add('cuda_context', 'CUDA context + NCCL buffers', outside, f'{eff.groups} NCCL group(s)')
     plan = MemoryPlan(terms=t, phases=phases, peak_phase=peak_phase, allocated=allocated, fragmentation=frag,
                       outside=outside, capacity=cluster.memory, microbatch=mb, device_batch=device, accum=accum,
-                      effective=eff)
+                      effective=eff, moments=moments)
     _host(plan, setup, cluster, acts.layer * m.shape.n_layers if ac_offload else 0.0)
     return plan
 

@@ -152,24 +152,25 @@ def diff(plans: Sequence[tuple[str, Plan]], configs: Sequence[Mapping[str, Any]]
     out: list[str] = []
     for (name, p), cfg in zip(rest, configs[1:]):
         out.append(f'{name0}  ->  {name}')
-        out.append(f'  {"GiB per GPU":<37} {"a":>8} {"b":>8} {"b - a":>9}')
+        out.append(f'  {"GiB per GPU":<42} {"a":>8} {"b":>8} {"b - a":>9}')
 
         def row(k: str, p: Plan = p) -> tuple[str, float, float]:
             t0, t1 = p0.memory.terms.get(k), p.memory.terms.get(k)
-            t = t0 or t1
-            label = t.label if t is not None else k
+            la, lb = (t0.label if t0 else None), (t1.label if t1 else None)
+            label = (la or lb or k) if la == lb or not (la and lb) else la.split(' (')[0]
             return label, t0.bytes if t0 else 0.0, t1.bytes if t1 else 0.0
         keys = [k for k in _ORDER if k in p0.memory.terms or k in p.memory.terms]
         rows = [row(k) for k in keys if k not in ('fragmentation', 'cuda_context')]
-        rows.append((f'= peak allocated ({p0.memory.peak_phase} / {p.memory.peak_phase})', p0.memory.allocated,
-                     p.memory.allocated))
+        ph = p0.memory.peak_phase if p0.memory.peak_phase == p.memory.peak_phase else \
+            f'{p0.memory.peak_phase} / {p.memory.peak_phase}'
+        rows.append((f'= peak allocated ({ph})', p0.memory.allocated, p.memory.allocated))
         rows += [row(k) for k in ('fragmentation', 'cuda_context')]
         rows.append(('= total', p0.memory.total, p.memory.total))
         for label, a, b in rows:
             if abs(b - a) < 0.5 * 2 ** 20 and label != '= total':
                 continue
             delta = ('+' if b >= a else '-') + _g(abs(b - a))
-            out.append(f'  {label:<37} {_g(a):>8} {_g(b):>8} {delta:>9}')
+            out.append(f'  {label:<42} {_g(a):>8} {_g(b):>8} {delta:>9}')
         va = 'fits' if p0.memory.fits else 'does not fit'
         vb = 'fits' if p.memory.fits else 'DOES NOT FIT'
         out.append(f'  verdict: {va} ({_g(p0.memory.headroom)} GiB headroom) -> {vb} ({_g(p.memory.headroom)} GiB)')
