@@ -55,10 +55,18 @@ def _validate(cfg: dict[str, Any]) -> list[str]:
     from foundry_ext.validation import ConfigError
     problems = problems_of(cfg)
     paths = [p for p in problems if any(s in p for s in _PATH_PROBLEMS)]
-    if len(paths) < len(problems):
-        raise ConfigError([f'invalid config: {problems[0]}'] if len(problems) == 1 else problems)
+    others = [p for p in problems if p not in paths]   # missing folders do not change memory: notes, below
+    if others:
+        raise ConfigError([f'invalid config: {others[0]}'] if len(others) == 1 else others)
     return [f'train would refuse this config here: {p}' for p in paths[:1]] + \
         ([f'... and {len(paths) - 1} more missing folder(s)'] if len(paths) > 1 else [])
+
+
+def _refuse_eval_config(path: str, cfg: dict[str, Any]) -> None:
+    """An eval yaml (``foundry-ext eval``, LLM Foundry's scripts/eval) has no training loop to size."""
+    if 'train_loader' not in cfg and ('icl_tasks' in cfg or 'models' in cfg or 'eval_gauntlet' in cfg):
+        raise UserError(f'{path} is an eval config (icl_tasks, no train_loader): plan sizes training runs; plan the '
+                        f'training yaml of the model instead, e.g. foundry-ext plan yamls/pretrain/125m.yaml --gpu NAME')
 
 
 def _join_negative(argv: list[str]) -> list[str]:
@@ -97,6 +105,7 @@ def run(argv: list[str]) -> str:
     plans, cfgs = [], []
     for path in yamls:
         cfg = load(path, overrides)
+        _refuse_eval_config(path, cfg)
         notes = _validate(cfg)
         p = build.make_plan(cfg, cluster, opts.mfu, opts.token_count, opts.usd_per_gpu_hour,
                             opts.host_ram_gb * GiB if opts.host_ram_gb else None, tuple(opts.ignore_keys),

@@ -28,7 +28,7 @@ class PlanConfig:
         if self.usd_per_gpu_hour is not None and self.usd_per_gpu_hour < 0:
             raise UserError(f'--usd-per-gpu-hour must be >= 0, got {self.usd_per_gpu_hour!r}')
         if self.host_ram_gb is not None and not self.host_ram_gb > 0:
-            raise UserError(f'--host-ram-gb must be > 0, got {self.host_ram_gb!r}')
+            raise UserError(f'--host-ram-gib must be > 0, got {self.host_ram_gb!r}')
         self.gpu_key = hardware.gpu_key(self.gpu)   # unknown name -> one line listing the known ones
         if self.tokens is not None:
             from foundry_ext.plan.speed import parse_tokens

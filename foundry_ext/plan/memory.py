@@ -335,7 +335,7 @@ def _host(plan: MemoryPlan, setup: TrainSetup, cluster: Cluster, offloaded: floa
 
     add('processes', 'training processes', ranks * HOST_PROCESS, f'{ranks} x {HOST_PROCESS / GiB:.1f} GiB (prior)')
     add('workers', 'dataloader workers', ranks * setup.workers * HOST_WORKER,
-        f'{ranks} x {setup.workers} workers x {HOST_WORKER / GiB:.1f} GiB (prior)')
+        f'{ranks} x {setup.workers} workers (train + eval loaders) x {HOST_WORKER / GiB:.1f} GiB (prior)')
     if offloaded:
         add('act_offload', 'offloaded activations', ranks * offloaded, 'activation_cpu_offload (pinned)')
     init = setup.model.init_device

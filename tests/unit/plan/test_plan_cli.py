@@ -98,6 +98,10 @@ def test_does_not_fit_lists_fixes(capsys):
     ([ONE_B, '--gpu', 'h100-sxm', 'compile_config={}'], 'compile_config: torch.compile changes'),
     ([ONE_B, '--gpu', 'h100-sxm', 'optimizer.name=shampoo'], "optimizer.name 'shampoo'"),
     (['missing.yaml', '--gpu', 'h100-sxm'], 'config file missing.yaml does not exist'),
+    ([str(ROOT / 'yamls' / 'eval' / 'starter.yaml'), '--gpu', 'h100-sxm'], 'is an eval config (icl_tasks, no train_loader)'),
+    ([ONE_B, '--gpu', 'h100-sxm', 'model.attn_config.attn_impl=triton'],   # plus missing folders: those stay notes
+     "invalid config: model.attn_config.attn_impl 'triton' is not one of auto, flash, sdpa, torch"),
+    ([ONE_B, '--gpu', 'h100-sxm', '--host-ram-gib', '0'], '--host-ram-gib must be > 0'),
     (['--diff', ONE_B, '--gpu', 'h100-sxm'], '--diff needs at least two configs'),
     ([ONE_B, MOE, '--gpu', 'h100-sxm'], 'one config at a time'),
     ([], 'usage: foundry-ext plan'),
@@ -119,6 +123,75 @@ def test_invalid_yaml_gets_trains_message(capsys, tmp_path):
     code, out, err = run(capsys, ONE_B, *over, '--gpu', 'h100-sxm')
     assert code == 2 and err == f'error: {e.value}\n'
     assert "did you mean 'optimizer'?" in err
+
+
+@pytest.mark.parametrize('yaml', sorted((ROOT / 'yamls' / 'pretrain').glob('*.yaml')), ids=lambda p: p.stem)
+def test_every_shipped_pretrain_yaml_plans(capsys, yaml):
+    gpus = '1' if 'cpu' in yaml.stem else '8'
+    code, out, err = run(capsys, str(yaml), '--gpu', 'h100-sxm', '--gpus', gpus)
+    assert code == 0 and not err, err
+    assert '= total' in out and ('FITS' in out or 'DOES NOT FIT' in out)
+
+
+# LLM Foundry's own scripts/train/yamls/pretrain/mpt-125m.yaml (0.22 style: variables under `variables:`)
+LLMFOUNDRY_125M = """\
+variables:
+  data_local: ./my-copy-c4
+  data_remote:
+  max_seq_len: 2048
+  global_seed: 17
+max_seq_len: ${variables.max_seq_len}
+run_name:
+model:
+  name: mpt_causal_lm
+  init_device: meta
+  d_model: 768
+  n_heads: 12
+  n_layers: 12
+  expansion_ratio: 4
+  max_seq_len: ${variables.max_seq_len}
+  vocab_size: 50368
+  attn_config:
+    attn_impl: flash
+tokenizer:
+  name: EleutherAI/gpt-neox-20b
+  kwargs:
+    model_max_length: ${variables.max_seq_len}
+train_loader:
+  name: text
+  dataset: {local: '${variables.data_local}', remote: '${variables.data_remote}', split: train, shuffle: true,
+            max_seq_len: '${variables.max_seq_len}', shuffle_seed: '${variables.global_seed}'}
+  drop_last: true
+  num_workers: 8
+scheduler: {name: cosine_with_warmup, t_warmup: 100ba, alpha_f: 0.1}
+optimizer: {name: decoupled_adamw, lr: 6.0e-4, betas: [0.9, 0.95], eps: 1.0e-08, weight_decay: 0.0}
+algorithms:
+  gradient_clipping: {clipping_type: norm, clipping_threshold: 1.0}
+max_duration: 4800ba
+global_train_batch_size: 256
+seed: ${variables.global_seed}
+device_train_microbatch_size: 16
+precision: amp_bf16
+fsdp_config: {sharding_strategy: FULL_SHARD, mixed_precision: PURE, activation_checkpointing: false,
+              activation_checkpointing_reentrant: false, activation_cpu_offload: false, limit_all_gathers: true}
+callbacks: {speed_monitor: {window_size: 10}, lr_monitor: {}, memory_monitor: {}, runtime_estimator: {}}
+"""
+
+
+def test_plain_llm_foundry_yaml(capsys, tmp_path):
+    y = tmp_path / 'mpt-125m.yaml'
+    y.write_text(LLMFOUNDRY_125M)
+    code, out, err = run(capsys, str(y), '--gpu', 'a100-40gb', '--gpus', '8')
+    assert code == 0 and not err, err
+    assert 'mpt_causal_lm: 125M params' in out and 'attention flash' in out and 'FITS' in out
+    assert 'per-GPU batch 32, microbatch 16 (2 accumulation steps)' in out
+    assert "note      train would refuse this config here: tokenizer.name 'EleutherAI/gpt-neox-20b'" in out
+    # an hf_causal_lm naming a hub model: the planner needs its config.json, and says so in one line
+    y.write_text(LLMFOUNDRY_125M.split('model:')[0] + 'model:\n  name: hf_causal_lm\n  pretrained: true\n'
+                 '  pretrained_model_name_or_path: meta-llama/Llama-2-7b\ntokenizer:' + LLMFOUNDRY_125M.split('tokenizer:')[1])
+    code, out, err = run(capsys, str(y), '--gpu', 'h100-sxm', '--gpus', '8')
+    assert code == 2 and not out and err.count('\n') == 1
+    assert 'model.pretrained_model_name_or_path: no config.json in meta-llama/Llama-2-7b' in err
 
 
 def test_cli_verb_no_traceback():
