@@ -65,8 +65,9 @@ def _validate(cfg: dict[str, Any]) -> list[str]:
 def _refuse_eval_config(path: str, cfg: dict[str, Any]) -> None:
     """An eval yaml (``foundry-ext eval``, LLM Foundry's scripts/eval) has no training loop to size."""
     if 'train_loader' not in cfg and ('icl_tasks' in cfg or 'models' in cfg or 'eval_gauntlet' in cfg):
-        raise UserError(f'{path} is an eval config (icl_tasks, no train_loader): plan sizes training runs; plan the '
-                        f'training yaml of the model instead, e.g. foundry-ext plan yamls/pretrain/125m.yaml --gpu NAME')
+        raise UserError(f'{path} is an eval config (icl_tasks, no train_loader): plan sizes training runs; plan '
+                        f'the training yaml of the model instead, e.g. foundry-ext plan yamls/pretrain/125m.yaml '
+                        f'--gpu NAME')
 
 
 def _join_negative(argv: list[str]) -> list[str]:
