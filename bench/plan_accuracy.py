@@ -12,7 +12,8 @@ peak is the high-water mark of live tensor storage bytes, tracked by a TorchDisp
 ``torch.cuda.max_memory_allocated``. Activation checkpointing is applied with the wrapper Composer
 uses under FSDP (torch's ``checkpoint_wrapper`` on every block). Ours: ``foundry_ext.plan`` on the
 same config. Goal: within 10% for every case (dense, MoE, LoRA; with and without checkpointing).
-The cases are the calibration data: docs/plan.md lists what they measured.
+The first cases are the calibration data (the per-term constants were read off them); the
+``heldout-`` cases use shapes none was fitted on. docs/plan.md lists what they measured.
 """
 from __future__ import annotations
 
@@ -57,6 +58,14 @@ CASES: list[dict] = [
     dict(name='lora-ac', hf=LLAMA, peft=LORA, ac=True, mb=4, batch=8, seq=256),
     dict(name='lora-qv-amp', hf=LLAMA, peft={**LORA, 'target_modules': ['q_proj', 'v_proj']}, ac=False, mb=4,
          batch=4, seq=256, precision='amp_bf16'),
+    # held out: shapes no constant was fitted on (other width, depth, heads, seq, vocab, microbatch, experts)
+    dict(name='heldout-dense-amp-ac', model={'d_model': 192, 'n_heads': 6, 'n_layers': 6, 'vocab_size': 3000},
+         ac=True, mb=3, batch=6, seq=384, precision='amp_bf16'),
+    dict(name='heldout-moe-8x-top1', model={'d_model': 192, 'n_heads': 3, 'n_layers': 3, 'ffn_config': {
+        **MOE, 'moe_num_experts': 8, 'moe_top_k': 1, 'ffn_hidden_size': 384}}, ac=False, mb=2, batch=4, seq=320),
+    dict(name='heldout-lora-r8-ac', hf={**LLAMA, 'hidden_size': 320, 'intermediate_size': 864, 'num_hidden_layers': 3,
+                                        'num_attention_heads': 5, 'num_key_value_heads': 5, 'vocab_size': 5000},
+         peft={**LORA, 'r': 8, 'lora_alpha': 16}, ac=True, mb=2, batch=4, seq=320),
 ]
 GPU_CASES: list[dict] = [   # ~1.3B dense (yamls/pretrain/1b.yaml's model) on one GPU, bf16 autocast, SDPA
     dict(name='gpu-1b', model=dict(d_model=2048, n_heads=16, n_layers=24, vocab_size=50368), ac=False, mb=4,

@@ -61,8 +61,15 @@ def rows() -> list[dict[str, Any]]:
     for r in csv.DictReader(lines):
         cfg = mpt_config(r['model'], int(r['seq']), int(r['global_batch']), int(r['mb']), r['ac'] == '1', r['mixed'])
         plan = build.make_plan(cfg, cluster(r['gpu'], int(r['gpus'])), with_fixes=False)
-        out.append({**r, 'plan': plan, 'mfu_pred': 100 * (plan.speed.mfu or 0)})
+        tps = (plan.speed.tokens_per_s or 0) / int(r['gpus'])     # predicted tokens/s per GPU
+        out.append({**r, 'plan': plan, 'mfu_pred': 100 * (plan.speed.mfu or 0), 'tps_pred': tps})
     return out
+
+
+def _tps_err(r: dict[str, Any]) -> float:
+    """Predicted vs published tokens/s per GPU, relative to the published."""
+    measured = float(r['tokens_per_s_per_gpu'])
+    return (r['tps_pred'] - measured) / measured
 
 
 IMPOSSIBLE = [  # (what, config, cluster): the planner must say these do not fit
@@ -82,8 +89,8 @@ def main() -> int:
     rs = rows()
     if a.markdown:
         print('| model | seq | GPUs | microbatch (largest predicted) | AC | predicted peak / GPU (GiB) | verdict '
-              '| MFU published | MFU predicted |')
-        print('|---|---|---|---|---|---|---|---|---|')
+              '| MFU published | MFU predicted | tokens/s/GPU published | predicted | error |')
+        print('|---|---|---|---|---|---|---|---|---|---|---|---|')
     for r in rs:
         p = r['plan']
         verdict = 'fits' if p.memory.fits else 'DOES NOT FIT'
@@ -91,12 +98,15 @@ def main() -> int:
         if a.markdown:
             print(f"| {r['model']} | {r['seq']} | {r['gpus']} x {r['gpu']} | {r['mb']} ({p.largest_microbatch}) "
                   f"| {'yes' if r['ac'] == '1' else 'no'} "
-                  f"| {peak} | {verdict} | {float(r['mfu']):.1f} | {r['mfu_pred']:.1f} |")
+                  f"| {peak} | {verdict} | {float(r['mfu']):.1f} | {r['mfu_pred']:.1f} "
+                  f"| {int(r['tokens_per_s_per_gpu']):,} | {r['tps_pred']:,.0f} | {100 * _tps_err(r):+.0f}% |")
         else:
             print(f"{r['model']:>5} seq {r['seq']:>6} {r['gpus']:>4} x {r['gpu']:<10} mb {r['mb']:>4} ac {r['ac']} "
-                  f"peak {peak:>14} GiB {verdict:<13} MFU {float(r['mfu']):5.1f} pred {r['mfu_pred']:5.1f}")
+                  f"peak {peak:>14} GiB {verdict:<13} MFU {float(r['mfu']):5.1f} pred {r['mfu_pred']:5.1f}  "
+                  f"tok/s/GPU {int(r['tokens_per_s_per_gpu']):>7,} pred {r['tps_pred']:>7,.0f} {100 * _tps_err(r):+4.0f}%")
     fits = sum(r['plan'].memory.fits for r in rs)
     errs = [abs(r['mfu_pred'] - float(r['mfu'])) / float(r['mfu']) for r in rs]
+    terrs = [abs(_tps_err(r)) for r in rs]
     flagged = 0
     print()
     for what, cfg, cl in IMPOSSIBLE:
@@ -105,7 +115,9 @@ def main() -> int:
         print(f"{'flagged' if not p.memory.fits else 'MISSED '}: {what}: {p.memory.total / GiB:.1f} GiB per GPU "
               f"of {p.memory.capacity / GiB:.1f}")
     print(f'{fits}/{len(rs)} published runs judged to fit; {flagged}/{len(IMPOSSIBLE)} impossible configs flagged; '
-          f'MFU prior: median relative error {100 * statistics.median(errs):.0f}%, worst {100 * max(errs):.0f}%')
+          f'MFU prior: median relative error {100 * statistics.median(errs):.0f}%, worst {100 * max(errs):.0f}%; '
+          f'tokens/s per GPU (= time per token): median {100 * statistics.median(terrs):.0f}%, '
+          f'within 15% for {sum(e <= 0.15 for e in terrs)}/{len(terrs)}, worst {100 * max(terrs):.0f}%')
     ok = fits == len(rs) and flagged == len(IMPOSSIBLE)
     print(f'BENCH plan_published fit_fraction={fits / len(rs):.3f} goal>=1.000 {"PASS" if ok else "MISS"}')
     return 0
