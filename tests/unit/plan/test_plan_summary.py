@@ -47,11 +47,10 @@ def test_never_stops_a_run():
     assert summary.print_summary(cfg, detect=broken, out=io.StringIO()) is None
 
 
-def test_train_prints_it_after_the_fallbacks(monkeypatch, tmp_path, capsys):
-    (tmp_path / 'tok').mkdir()
+def test_train_prints_it_after_the_fallbacks(monkeypatch, tmp_path, capsys, tiny_tokenizer):
     (tmp_path / 'data').mkdir()
     monkeypatch.setattr(summary, 'detect_cuda', lambda: H100)
-    train.prepare([ONE_B, f'variables.tokenizer_dir={tmp_path / "tok"}', f'variables.data_root={tmp_path / "data"}'])
+    train.prepare([ONE_B, f'variables.tokenizer_dir={tiny_tokenizer}', f'variables.data_root={tmp_path / "data"}'])
     err = capsys.readouterr().err
     assert 'foundry_ext: fallback:' in err                       # CPU: what really runs is planned
     assert err.count('foundry_ext: plan: 1.31B params on 1 x h100-sxm') == 1
