@@ -34,7 +34,14 @@ def prepare(argv: list[str]) -> dict[str, Any]:
     if env.rank() == 0:
         for n in notes:
             print(f'foundry_ext: fallback: {n}', file=sys.stderr)
+    _plan_summary(cfg)
     return cfg
+
+
+def _plan_summary(cfg: dict[str, Any]) -> None:
+    """The planner's one line (rank 0, on a known device: GPUs); silent on CPU."""
+    from foundry_ext.plan.summary import print_summary
+    print_summary(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
