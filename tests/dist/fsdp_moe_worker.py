@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-
 CFG = dict(d_model=32, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=16, vocab_size=64, no_bias=True,
            loss_fn='torch_crossentropy', init_device='cpu',
            attn_config={'attn_impl': 'auto', 'attn_type': 'grouped_query_attention', 'kv_n_heads': 2, 'rope': True},
@@ -75,7 +74,10 @@ def run(out: Path, strategy: str, ckpt: bool) -> None:
                        use_orig_params=True, sharding_strategy=getattr(ShardingStrategy, strategy))
     if ckpt:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-            CheckpointImpl, apply_activation_checkpointing, checkpoint_wrapper)
+            CheckpointImpl,
+            apply_activation_checkpointing,
+            checkpoint_wrapper,
+        )
         apply_activation_checkpointing(
             model.model, checkpoint_wrapper_fn=lambda m: checkpoint_wrapper(m, CheckpointImpl.NO_REENTRANT),
             check_fn=lambda m: isinstance(m, MPTBlock))

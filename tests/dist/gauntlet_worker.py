@@ -14,12 +14,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-
 from foundry_ext.gauntlet.config import RunOptions
 from foundry_ext.gauntlet.models import wrap
 from foundry_ext.gauntlet.runner import parse_tasks, run_gauntlet
 from foundry_ext.gauntlet.shard import Shard
-
 
 NO_BOOT = RunOptions(bootstrap_samples=0)
 
