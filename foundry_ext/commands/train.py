@@ -1,8 +1,13 @@
-"""The training command: validate everything, apply CPU fallbacks, hand over to LLM Foundry.
+"""The training command: validate everything, apply CPU fallbacks, resume, hand over to LLM Foundry.
 
 ``scripts/train.py`` and ``foundry-ext train`` call :func:`main`, so
 ``composer scripts/train.py <yaml> key=value ...``, ``python scripts/train.py ...`` and
 ``foundry-ext train ...`` behave the same, single- or multi-process.
+
+Re-running a command resumes its run (``foundry_ext.checkpoint.resume``; ``autoresume=false``
+opts out). Exit codes: 0 finished or already finished, 2 a user mistake (one ``error:`` line),
+75 stopped by SIGTERM/SIGINT with a checkpoint saved (re-run to resume), 128 + signal stopped
+with nothing saved.
 """
 from __future__ import annotations
 
@@ -30,10 +35,26 @@ def prepare(argv: list[str]) -> dict[str, Any]:
     import torch
     notes = apply_fallbacks(cfg, cuda=torch.cuda.is_available(), flash_attn=has_flash_attn(),
                             world_size=env.world_size())
-    if env.rank() == 0:
-        for n in notes:
-            print(f'foundry_ext: fallback: {n}', file=sys.stderr)
+    _say(*(f'fallback: {n}' for n in notes))
     return cfg
+
+
+def _say(*lines: str) -> None:
+    if env.rank() == 0:
+        for line in lines:
+            print(line if line.startswith('foundry_ext:') else f'foundry_ext: {line}', file=sys.stderr, flush=True)
+
+
+def _decide(cfg: dict[str, Any], settings: Any) -> Any:
+    """Rank 0 chooses the checkpoint (and tidies the save folder); every rank gets its decision."""
+    from foundry_ext.checkpoint.resume import Decision, decide
+    if env.world_size() <= 1:
+        return decide(cfg, settings)
+    env.init_distributed()
+    import torch.distributed as tdist
+    box: list[Any] = [decide(cfg, settings) if env.rank() == 0 else Decision()]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,12 +62,32 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = prepare(argv)
+        from foundry_ext.checkpoint import integrity, resume
+        settings = resume.resume_defaults(cfg, argv[0])
+        _say(*settings.notes)
+        decision = _decide(cfg, settings)
     except UserError as e:
         return exit_with(e)
-    from llmfoundry.command_utils import train
-    from omegaconf import OmegaConf as om
+    _say(*decision.lines)
+    if decision.error:
+        return exit_with(UserError(decision.error))
+    if decision.finished:
+        return 0
+    integrity.SETTINGS.update(config=integrity.redact(cfg), verify=settings.integrity.verify,
+                              trusted_globals=tuple(settings.integrity.trusted_globals))
+    if decision.load_path:
+        integrity.mark_verified(decision.load_path)   # rank 0 verified it a moment ago
+    resume.apply(cfg, decision)
+    from foundry_ext.checkpoint.preempt import Preempted
+    from foundry_ext.checkpoint.trainer import train
     try:
-        train(om.create(cfg))
-    except UserError as e:  # raised by our components while building
+        train(cfg, decision.pending_eval, decision.load_path)
+    except UserError as e:  # raised by our components while building, or a checkpoint that does not fit
         return exit_with(e)
+    except Preempted as p:
+        _say(str(p))
+        return p.code
+    except KeyboardInterrupt:
+        _say('interrupted (Ctrl-C twice): stopped at once; nothing was saved since the last checkpoint')
+        return 130
     return 0

@@ -46,6 +46,8 @@ OWNERS: dict[tuple[str, str], tuple[str, ...]] = {
     ('callback', 'inject_spike'): ('foundry_ext.stability.config:InjectSpikeConfig',),
     ('callback', 'mix_logger'): ('foundry_ext.data.mixing.config:MixLoggerConfig',),
     ('callback', 'moe_monitor'): ('foundry_ext.models.config:MoEMonitorConfig',),
+    ('callback', 'checkpoint_integrity'): ('foundry_ext.checkpoint.config:CheckpointIntegrityConfig',),
+    ('callback', 'preemption'): ('foundry_ext.checkpoint.config:PreemptionConfig',),
     ('loader', 'mixture'): ('foundry_ext.data.mixing.config:MixtureConfig',
                             'foundry_ext.data.mixing.config:check_data'),
     ('loader', 'corpus_text'): ('foundry_ext.data.corpus_text:CorpusTextConfig',

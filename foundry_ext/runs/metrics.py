@@ -2,10 +2,15 @@
 
 Registered in ``llmfoundry_loggers``; ``foundry_ext report`` reads its output. One line per
 ``log_metrics`` call: ``{"step": <batch>, "<metric>": <value>, ...}``; rank 0 only.
+
+One run, one file, no step twice: the logger's ``state_dict`` (saved in every checkpoint) holds the
+file's length at that moment. A run resumed from a checkpoint cuts the lines logged after it (the
+steps it is about to redo) before it logs again; a run that starts from step 0 starts the file anew.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -14,6 +19,7 @@ from typing import Any, Optional
 from composer.loggers import LoggerDestination
 from composer.utils import dist
 
+log = logging.getLogger('foundry_ext')
 
 def _plain(v: Any):
     if hasattr(v, 'item') and getattr(v, 'numel', lambda: 1)() == 1:
@@ -30,12 +36,57 @@ class MetricsJsonlLogger(LoggerDestination):
         self.path = Path(folder) / filename
         self._file = None
         self._hparams: dict[str, Any] = {}
+        self._base: Optional[int] = None           # file length when this process first opened it
+        self._resume: Optional[dict[str, Any]] = None
 
     def _open(self):
         if self._file is None and dist.get_global_rank() == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, 'a', encoding='utf-8')
+            if self._base is None:
+                self._base = self._file.tell()
         return self._file
+
+    # ------------------------------------------------------------------------------ resumption
+    def state_dict(self) -> dict[str, Any]:
+        if dist.get_global_rank() != 0:
+            return {}
+        if self._file is not None:
+            self._file.flush()
+        return {'path': str(self.path.resolve()), 'bytes': self.path.stat().st_size if self.path.exists() else 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = dict(state)
+
+    def after_load(self, state, logger) -> None:
+        """Drop what an earlier attempt logged past the checkpoint this run starts from (all of it
+        for a run from step 0), keeping anything this process logged already."""
+        if dist.get_global_rank() != 0 or not self.path.exists():
+            return
+        base = self._base if self._base is not None else self.path.stat().st_size
+        if self._resume is None:
+            keep = 0
+        elif self._resume.get('path') == str(self.path.resolve()) and isinstance(self._resume.get('bytes'), int):
+            keep = min(int(self._resume['bytes']), base)
+        else:
+            return   # resumed from a checkpoint that does not know this file: append (report dedupes)
+        if keep < base:
+            self._cut(keep, base)
+            log.info(f'metrics_jsonl: {self.path}: dropped {base - keep} bytes logged after the checkpoint '
+                     f'this run starts from')
+
+    def _cut(self, start: int, end: int) -> None:
+        """Remove bytes [start, end) of the file (atomically: temp file + rename)."""
+        if self._file is not None:
+            self._file.flush()
+        data = self.path.read_bytes()
+        tmp = self.path.with_name(self.path.name + '.tmp')
+        tmp.write_bytes(data[:start] + data[end:])
+        os.replace(tmp, self.path)
+        if self._file is not None:
+            self._file.close()
+            self._file = open(self.path, 'a', encoding='utf-8')
+        self._base = start
 
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         f = self._open()
