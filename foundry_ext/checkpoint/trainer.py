@@ -46,8 +46,8 @@ def mismatch_message(err: BaseException, path: Optional[str]) -> Optional[str]:
                 f'here{more}; load it with the model config that wrote it, or use a new run_name to start over')
     keys = re.search(r'(Missing key\(s\)|Unexpected key\(s\)) in state_dict: ([^\n]*)', s)
     if keys:
-        listed = keys.group(2)
-        return (f'{where} was written by a different model: {keys.group(1).lower()} {listed[:120]}'
+        listed = keys.group(2).strip().rstrip('.')
+        return (f'{where} was written by a different model: {keys.group(1).lower()} in state_dict: {listed[:120]}'
                 f'{"..." if len(listed) > 120 else ""}; load it with the model config that wrote it')
     return f'{where} does not fit this model ({s.splitlines()[0][:160]})'
 
