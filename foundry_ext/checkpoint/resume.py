@@ -311,9 +311,9 @@ def _choose(cfg: dict[str, Any], st: ResumeSettings, d: Decision) -> None:
 def _repoint_latest(st: ResumeSettings, target: Path) -> None:
     """Composer's ``latest`` symlink points at the checkpoint we resume from (not a damaged one)."""
     link = target.parent / st.latest.replace('{rank}', '0')
-    if link.is_symlink() or not link.exists():
+    if link.is_symlink():
         try:
-            if link.is_symlink() and os.readlink(link) == target.name:
+            if os.readlink(link) == target.name:
                 return
             link.unlink(missing_ok=True)
             os.symlink(target.name, link)

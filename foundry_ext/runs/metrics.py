@@ -38,6 +38,7 @@ class MetricsJsonlLogger(LoggerDestination):
         self._hparams: dict[str, Any] = {}
         self._base: Optional[int] = None           # file length when this process first opened it
         self._resume: Optional[dict[str, Any]] = None
+        self._live = False   # the Trainer has loaded (after_load): this run's outputs may change the folder
 
     def _open(self):
         if self._file is None and dist.get_global_rank() == 0:
@@ -61,7 +62,12 @@ class MetricsJsonlLogger(LoggerDestination):
     def after_load(self, state, logger) -> None:
         """Drop what an earlier attempt logged past the checkpoint this run starts from (all of it
         for a run from step 0), keeping anything this process logged already."""
-        if dist.get_global_rank() != 0 or not self.path.exists():
+        self._live = True
+        if dist.get_global_rank() != 0:
+            return
+        if self._hparams:
+            self._write_hparams()
+        if not self.path.exists():
             return
         base = self._base if self._base is not None else self.path.stat().st_size
         if self._resume is None:
@@ -96,12 +102,18 @@ class MetricsJsonlLogger(LoggerDestination):
         f.flush()
 
     def log_hyperparameters(self, hyperparameters: dict[str, Any]) -> None:
+        # Written once the run has loaded its checkpoint (after_load): a run that fails while it is
+        # being built leaves the folder's hparams.json (and metrics.jsonl) as they were.
         if dist.get_global_rank() == 0:
             self._hparams.update(hyperparameters)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name('hparams.json.tmp')
-            tmp.write_text(json.dumps(self._hparams, default=str, indent=1))
-            os.replace(tmp, self.path.with_name('hparams.json'))
+            if self._live:
+                self._write_hparams()
+
+    def _write_hparams(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name('hparams.json.tmp')
+        tmp.write_text(json.dumps(self._hparams, default=str, indent=1))
+        os.replace(tmp, self.path.with_name('hparams.json'))
 
     def close(self, state, logger) -> None:
         if self._file is not None:

@@ -52,6 +52,7 @@ def test_defaults_make_any_config_resumable(tmp_path, monkeypatch):
 def test_resumes_from_newest_and_finishes(tmp_path):
     folder = tmp_path / 'ck'
     _write(folder, 5)
+    os.symlink('ep0-ba5-rank0.pt', folder / 'latest-rank0.pt')
     _write(folder, 10, config={'optimizer': {'lr': 1.0}, 'max_duration': '20ba'})
     cfg = _cfg(folder, optimizer={'lr': 2.0})
     d = resume.decide(cfg, _settings(cfg, tmp_path))
