@@ -8,7 +8,7 @@ llmfoundry), so it runs on a GPU box whose image has just torch. The model: pre-
 (RMSNorm, fused-QKV attention through foundry_ext.models.attention with attn_impl auto -> flash-attn or
 SDPA, RoPE) with a dense MLP or the torch_dmoe FFN (DroplessMoE), tied embeddings.
 
-MFU convention (DESIGN.md): FLOPs/token = 6 * N_active (non-embedding + lm_head) + 12 * n_layers * d_model *
+MFU convention (docs/mfu.md): FLOPs/token = 6 * N_active (non-embedding + lm_head) + 12 * n_layers * d_model *
 seq_len (no causal halving); the causal-exact variant (attention term halved) is printed beside it.
 Goals on one H100: dense >= 0.50, MoE >= 0.35 (anchors: LLM Foundry MPT-1B 42% on 8xH100; published MoE
 21-49%). Without CUDA the goals print SKIP.
@@ -31,7 +31,6 @@ from foundry_ext.models.attention import apply_rope, attention  # noqa: E402
 from foundry_ext.models.moe import DroplessMoE  # noqa: E402
 from foundry_ext.throughput import hardware  # noqa: E402
 
-# bf16 dense peak FLOP/s by device name (DESIGN.md section 4).
 CONFIGS = {
     # name: d_model, n_layers, n_heads, ffn hidden (per expert for MoE), experts, top_k, vocab
     'dense-1b': dict(d=2048, layers=24, heads=16, hidden=8192, experts=0, top_k=0, vocab=50368),

@@ -22,11 +22,15 @@ import difflib
 import types
 import typing
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
 from foundry_ext.errors import UserError
 
-T = TypeVar('T')
+if TYPE_CHECKING:   # typing-only names (no runtime import)
+    from _typeshed import DataclassInstance
+    from typing_extensions import TypeIs
+
+T = TypeVar('T', bound='DataclassInstance')
 _WHERE: contextvars.ContextVar[str] = contextvars.ContextVar('foundry_ext_config_section', default='')
 
 _NAMES = {dict: 'a mapping', list: 'a list', tuple: 'a list', int: 'an integer', float: 'a number',
@@ -86,13 +90,13 @@ def type_ok(value: Any, tp: Any) -> bool:
         return tp is bool
     if tp is float:
         return isinstance(value, (int, float))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return isinstance(value, (Mapping, tp))
     if origin in (list, tuple, typing.Sequence, Iterable) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
             return False
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return not args or all(type_ok(v, args[0]) for v in value)
+        items = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return not items or all(type_ok(v, items[0]) for v in value)
     if origin in (dict, Mapping) or tp in (dict, Mapping):
         if not isinstance(value, Mapping):
             return False
@@ -235,7 +239,7 @@ def _dataclass_of(tp: Any) -> type | None:
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return tp
     if _origin(tp) is Union or (hasattr(types, 'UnionType') and isinstance(tp, types.UnionType)):
-        dcs = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        dcs = [a for a in typing.get_args(tp) if isinstance(a, type) and dataclasses.is_dataclass(a)]
         return dcs[0] if len(dcs) == 1 else None
     return None
 
@@ -273,7 +277,7 @@ def one_of(value: Any, choices: Iterable[str], name: str) -> None:
         raise ValueError(choice_error(value, choices, name))
 
 
-def is_number(v: Any) -> bool:
+def is_number(v: Any) -> TypeIs[int | float]:
     """A finite int or float that is not a bool."""
     import math
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

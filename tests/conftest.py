@@ -74,3 +74,33 @@ def icl_files(d: Path) -> dict:
     gen = [{'context': s(5), 'answer': s(1), 'aliases': [s(1)]} for _ in range(10)]
     return {'mc': write_jsonl(d / 'mc.jsonl', mc), 'schema': write_jsonl(d / 'schema.jsonl', schema),
             'lm': write_jsonl(d / 'lm.jsonl', lm), 'gen': write_jsonl(d / 'gen.jsonl', gen), 'dir': d}
+
+
+@pytest.fixture(scope='session')
+def s3_server():
+    """An S3-compatible server on this machine (moto's server mode, 127.0.0.1, a free port).
+    Yields its endpoint URL; tests set S3_ENDPOINT_URL and fake credentials themselves."""
+    import logging
+    moto_server = pytest.importorskip('moto.server')
+    logging.getLogger('werkzeug').setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f'http://{host}:{port}'
+    server.stop()
+
+
+def upload_folder(endpoint: str, folder, bucket: str, prefix: str) -> str:
+    """Copy a local folder into ``s3://bucket/prefix`` on the test server; returns that URL."""
+    import boto3
+    c = boto3.client('s3', endpoint_url=endpoint, aws_access_key_id='testing', aws_secret_access_key='testing',
+                     region_name='us-east-1')
+    try:
+        c.create_bucket(Bucket=bucket)
+    except c.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    folder = Path(folder)
+    for p in sorted(folder.rglob('*')):
+        if p.is_file():
+            c.upload_file(str(p), bucket, f'{prefix}/{p.relative_to(folder).as_posix()}')
+    return f's3://{bucket}/{prefix}'

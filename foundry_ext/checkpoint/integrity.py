@@ -11,10 +11,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Optional
 
+from foundry_ext.runs.redact import redact  # the one redaction rule (keys, env secrets, URL passwords)
 from foundry_ext.safeload import (
     DAMAGED_SUFFIX,
     FORMAT,
@@ -76,19 +76,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-_SECRET = re.compile(r'(token|secret|password|passwd|api_?key|access_?key|credential)', re.I)
-
-
-def redact(cfg: Any) -> Any:
-    """A copy of a config with the values of secret-looking keys (``*token*``, ``*password*`` ...)
-    replaced by ``'***'``: manifests store the config that made a checkpoint, never a secret."""
-    if isinstance(cfg, dict):
-        return {k: ('***' if isinstance(v, str) and _SECRET.search(str(k)) else redact(v)) for k, v in cfg.items()}
-    if isinstance(cfg, list):
-        return [redact(v) for v in cfg]
-    return cfg
 
 
 def write_manifest(ckpt: str | os.PathLike, files: dict[str, dict], **meta: Any) -> dict[str, Any]:

@@ -258,7 +258,7 @@ def jsonl(argv: list[str] | None = None) -> int:
 
     def sources():
         from foundry_ext.prep.sources import Source, domain_name, expand_inputs, is_jsonl_file
-        out = []
+        out: list[Source] = []
         for spec in a.input:
             split, path = split_spec(spec, a.split)
             for f in expand_inputs([path], lambda q: is_jsonl_file(q) or _is_parquet(q)):

@@ -6,7 +6,8 @@
 
 Re-running a command resumes its run (``foundry_ext.checkpoint.resume``; ``autoresume=false``
 opts out). Exit codes: 0 finished or already finished, 2 a user mistake (one ``error:`` line),
-75 stopped by SIGTERM/SIGINT with a checkpoint saved (re-run to resume), 128 + signal stopped
+75 stopped by SIGTERM/SIGINT with a checkpoint saved (re-run to resume), 1 a failure inside
+Composer / LLM Foundry (one line + the traceback's file), 128 + signal stopped
 with nothing saved.
 """
 from __future__ import annotations
@@ -16,11 +17,12 @@ import sys
 from typing import Any
 
 from foundry_ext import env
+from foundry_ext.commands import guard
 from foundry_ext.errors import UserError, exit_with
 
 log = logging.getLogger('foundry_ext')
 
-USAGE = 'usage: composer scripts/train.py <config.yaml> [key=value ...]'
+USAGE = 'usage: composer scripts/train.py <config.yaml> [key=value ...] [--debug]'
 
 
 def prepare(argv: list[str]) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def _decide(cfg: dict[str, Any], settings: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     env.set_offline_defaults()
-    argv = sys.argv[1:] if argv is None else argv
+    debug, argv = guard.pop_debug(sys.argv[1:] if argv is None else argv)
     try:
         cfg = prepare(argv)
         from foundry_ext.checkpoint import integrity, resume
@@ -78,16 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     if decision.load_path:
         integrity.mark_verified(decision.load_path)   # rank 0 verified it a moment ago
     resume.apply(cfg, decision)
+    import importlib
+    importlib.import_module('llmfoundry.command_utils.train')   # loaded before the guard patches its log_config
     from foundry_ext.checkpoint.preempt import Preempted
     from foundry_ext.checkpoint.trainer import train
     try:
-        train(cfg, decision.pending_eval, decision.load_path)
-    except UserError as e:  # raised by our components while building, or a checkpoint that does not fit
-        return exit_with(e)
-    except Preempted as p:
+        # ---- bad-inputs guard: anything that fails inside Composer / LLM Foundry is one line + a log
+        # (a UserError -- ours, or a checkpoint that does not fit -- is its line, exit 2)
+        return guard.run(lambda: train(cfg, decision.pending_eval, decision.load_path), cfg, debug)
+    except Preempted as p:       # BaseException: the guard lets it through
         _say(str(p))
         return p.code
     except KeyboardInterrupt:
         _say('interrupted (Ctrl-C twice): stopped at once; nothing was saved since the last checkpoint')
         return 130
-    return 0

@@ -21,7 +21,8 @@ def has_flash_attn() -> bool:
 def apply_fallbacks(cfg: dict[str, Any], cuda: bool, flash_attn: bool, world_size: int = 1) -> list[str]:
     """Rewrite, in place, what cannot run on this machine into what can. Returns one
     message per change, so the caller can log each once."""
-    notes: list[str] = []
+    from foundry_ext.config.security import apply_security_defaults
+    notes: list[str] = apply_security_defaults(cfg)      # trust_remote_code off unless asked for
     model = cfg.get('model') if isinstance(cfg.get('model'), dict) else None
     if not cuda:
         prec = cfg.get('precision', 'amp_bf16')  # LLM Foundry's default

@@ -33,9 +33,9 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[st
     for o in overrides or []:
         if '=' not in o:
             raise UserError(f"override {o!r} is not key=value; write e.g. optimizer.lr=3e-4")
+    for o in overrides or []:
+        cfg = _override(cfg, o)
     try:
-        if overrides:
-            cfg = om.merge(cfg, om.from_dotlist(list(overrides)))
         data = om.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
@@ -43,3 +43,25 @@ def load(path: str | os.PathLike, overrides: list[str] | None = None) -> dict[st
     if not isinstance(data, dict):
         raise UserError(f'config file {p} must be a mapping of keys to values at the top level')
     return data
+
+
+def _override(cfg: Any, override: str) -> Any:
+    """Apply one ``key=value`` override: the value replaces what is at ``key`` (a list may replace
+    a mapping and the other way round; validation then names the key if the type is wrong)."""
+    from omegaconf import OmegaConf as om
+    from omegaconf.errors import OmegaConfBaseException
+
+    key = override.partition('=')[0].strip()
+    if not key:
+        raise UserError(f"override {override!r} has no key; write e.g. optimizer.lr=3e-4")
+    try:
+        value = om.select(om.from_dotlist([override]), key)
+    except (OmegaConfBaseException, ValueError) as e:
+        raise UserError(f'override {override!r}: cannot parse the value ({str(e).splitlines()[0]})') from None
+    try:
+        om.update(cfg, key, value, merge=False, force_add=True)
+    except (OmegaConfBaseException, ValueError, TypeError, IndexError) as e:
+        parent = key.rpartition('.')[0]
+        what = f'{parent} is not a mapping' if parent else str(e).splitlines()[0]
+        raise UserError(f'override {override!r} cannot be applied: {what}') from None
+    return cfg

@@ -135,3 +135,314 @@ ATTN_KEYS: dict[str, tuple[type, ...]] = {
     'kv_n_heads': (object,),
     'attn_backend': (object,),
 }
+
+# LLM Foundry's built-in registry names (entry points are read at validation time):
+# {registry: {name: {option: yaml types} | None (takes **kwargs: options unchecked)}}
+REGISTRY_NAMES: dict[str, dict[str, dict[str, tuple[type, ...]] | None]] = {
+    'callbacks': {
+        'async_eval': {
+            'interval': (str, int, object,),
+            'eval_run_config': (dict,),
+        },
+        'curriculum_learning': {
+            'schedule': (list,),
+            'duration': (object, str, int,),
+        },
+        'dataset_swap': None,
+        'early_stopper': {
+            'monitor': (str,),
+            'dataloader_label': (str,),
+            'comp': (str, object,),
+            'min_delta': (float,),
+            'patience': (int, str, object,),
+        },
+        'env_logging': {
+            'workspace_dir': (str,),
+            'log_git': (bool,),
+            'log_nvidia': (bool,),
+            'log_docker': (bool,),
+            'log_packages': (bool,),
+            'log_system': (bool,),
+            'log_gpu': (bool,),
+            'log_distributed': (bool,),
+            'packages_to_log': (list,),
+        },
+        'eval_output_logging': None,
+        'fdiff_metrics': {
+            'diff_train_metrics': (bool,),
+            'diff_eval_metrics': (bool,),
+        },
+        'generate_callback': None,
+        'global_lr_scaling': None,
+        'hf_checkpointer': {
+            'save_folder': (str,),
+            'save_interval': (str, int, object,),
+            'huggingface_folder_name': (str,),
+            'precision': (str,),
+            'overwrite': (bool,),
+            'mlflow_registered_model_name': (str,),
+            'mlflow_logging_config': (dict,),
+            'flatten_imports': (object,),
+            'final_register_only': (bool,),
+            'register_wait_seconds': (int,),
+        },
+        'kill_loss_spike': None,
+        'layer_freezing': None,
+        'load_checkpoint': {
+            'load_path': (str,),
+            'load_weights_only': (bool,),
+            'strict_model_weights': (bool,),
+            'ignore_keys': (list,),
+            'event': (str, object,),
+        },
+        'loss_perp_v_len': None,
+        'lr_monitor': {
+        },
+        'mbmoe_tok_per_expert': {
+            'log_interval': (int,),
+            'log_every_layer': (bool,),
+            'all_reduce_stats': (bool,),
+            'normalize': (bool,),
+        },
+        'memory_monitor': {
+            'memory_keys': (dict,),
+            'dist_aggregate_batch_interval': (int,),
+        },
+        'memory_snapshot': {
+            'skip_batches': (int,),
+            'interval': (int, str, object,),
+            'max_entries': (int,),
+            'folder': (str,),
+            'filename': (str,),
+            'remote_file_name': (str,),
+            'overwrite': (bool,),
+        },
+        'mono_checkpoint_saver': {
+            'save_folder': (str,),
+            'batch_interval': (int,),
+            'filename': (str,),
+            'overwrite': (bool,),
+            'keep_optimizers': (bool,),
+        },
+        'nan_monitor': None,
+        'oom_observer': {
+            'max_entries': (int,),
+            'folder': (str,),
+            'filename': (str,),
+            'remote_file_name': (str,),
+            'overwrite': (bool,),
+        },
+        'optimizer_monitor': {
+            'log_optimizer_metrics': (bool,),
+            'batch_log_interval': (int,),
+        },
+        'run_timeout': {
+            'timeout': (int,),
+        },
+        'runtime_estimator': {
+            'skip_batches': (int,),
+            'time_unit': (str,),
+        },
+        'scheduled_gc': {
+            'batch_interval': (int,),
+            'gen_1_batch_interval': (int,),
+            'eval_keep_disabled': (bool,),
+        },
+        'speed_monitor': {
+            'window_size': (int,),
+            'gpu_flops_available': (float, int,),
+            'time_unit': (str,),
+        },
+        'system_metrics_monitor': {
+            'log_all_data': (bool,),
+        },
+    },
+    'loggers': {
+        'in_memory_logger': {
+        },
+        'inmemory': {
+        },
+        'mlflow': {
+            'experiment_name': (str,),
+            'run_name': (str,),
+            'tags': (dict,),
+            'tracking_uri': (str, object,),
+            'rank_zero_only': (bool,),
+            'flush_interval': (int,),
+            'model_registry_prefix': (str,),
+            'model_registry_uri': (str,),
+            'synchronous': (bool,),
+            'log_system_metrics': (bool,),
+            'rename_metrics': (dict,),
+            'ignore_metrics': (list,),
+            'ignore_hyperparameters': (list,),
+            'run_group': (str,),
+            'resume': (bool,),
+            'logging_buffer_seconds': (int,),
+            'log_duplicated_metric_every_n_steps': (int,),
+        },
+        'mosaicml': {
+            'log_interval': (int,),
+            'ignore_keys': (list,),
+            'ignore_exceptions': (bool,),
+        },
+        'tensorboard': {
+            'log_dir': (str,),
+            'flush_interval': (int,),
+            'rank_zero_only': (bool,),
+        },
+        'wandb': {
+            'project': (str,),
+            'group': (str,),
+            'name': (str,),
+            'entity': (str,),
+            'tags': (list,),
+            'log_artifacts': (bool,),
+            'rank_zero_only': (bool,),
+            'init_kwargs': (dict,),
+        },
+    },
+    'algorithms': {
+        'alibi': {
+            'max_sequence_length': (int,),
+            'train_sequence_length_scaling': (float,),
+        },
+        'gated_linear_units': {
+            'act_fn': (object,),
+            'gated_layer_bias': (bool,),
+            'non_gated_layer_bias': (bool,),
+        },
+        'gradient_clipping': {
+            'clipping_type': (str,),
+            'clipping_threshold': (float,),
+        },
+        'low_precision_layernorm': {
+            'apply_at': (object,),
+        },
+    },
+    'optimizers': {
+        'adalr_lion': {
+            'lr': (float,),
+            'betas': (list,),
+            'weight_decay': (float,),
+            'outlier_threshold': (float,),
+            'timeout': (int,),
+            'lr_penalty': (float,),
+            'min_scale': (float,),
+        },
+        'clip_lion': {
+            'lr': (float,),
+            'betas': (list,),
+            'weight_decay': (float,),
+            'outlier_threshold': (float,),
+        },
+        'decoupled_adamw': {
+            'lr': (float,),
+            'betas': (list,),
+            'eps': (float,),
+            'weight_decay': (float,),
+            'amsgrad': (bool,),
+        },
+        'decoupled_lionw': {
+            'lr': (float,),
+            'betas': (list,),
+            'weight_decay': (float,),
+        },
+        'no_op': {
+        },
+    },
+    'schedulers': {
+        'constant_with_warmup': {
+            't_warmup': (str, object,),
+            'alpha': (float,),
+            't_max': (str, object,),
+            'scale_warmup': (bool,),
+        },
+        'cosine_with_warmup': {
+            't_warmup': (str, object,),
+            't_max': (str, object,),
+            'alpha_f': (float,),
+            'scale_warmup': (bool,),
+        },
+        'inv_sqrt_with_warmup': None,
+        'linear_decay_with_warmup': {
+            't_warmup': (str, object,),
+            'alpha_i': (float,),
+            'alpha_f': (float,),
+            't_max': (str, object,),
+            'scale_warmup': (bool,),
+        },
+    },
+    'models': {
+        'contrastive_lm': None,
+        'finetune_embedding_model': None,
+        'fmapi_causal_lm': None,
+        'fmapi_chat': None,
+        'hf_causal_lm': None,
+        'hf_t5': None,
+        'mpt_causal_lm': None,
+        'openai_causal_lm': None,
+        'openai_chat': None,
+    },
+    'dataloaders': {
+        'contrastive_pairs': None,
+        'finetuning': None,
+        'text': None,
+    },
+    'norms': {
+        'layernorm': None,
+        'low_precision_layernorm': None,
+        'low_precision_rmsnorm': None,
+        'rmsnorm': None,
+        'triton_rmsnorm': None,
+    },
+    'fcs': {
+        'te': None,
+        'torch': None,
+    },
+    'ffns': {
+        'mb_dmoe': None,
+        'mb_moe': None,
+        'mptglu': None,
+        'mptmlp': None,
+        'te_ln_mlp': None,
+        'torch_dmoe': None,
+    },
+    'attention_classes': {
+        'grouped_query_attention': None,
+        'multihead_attention': None,
+        'multiquery_attention': None,
+    },
+    'param_init_fns': {
+        'baseline_': None,
+        'default_': None,
+        'kaiming_normal_': None,
+        'kaiming_uniform_': None,
+        'neox_init_': None,
+        'small_init_': None,
+        'xavier_normal_': None,
+        'xavier_uniform_': None,
+    },
+}
+
+# options a built-in component cannot be built without
+REQUIRED_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {
+    'callbacks': {
+        'early_stopper': ('monitor', 'dataloader_label',),
+        'hf_checkpointer': ('save_folder', 'save_interval',),
+        'load_checkpoint': ('load_path',),
+        'mono_checkpoint_saver': ('save_folder', 'batch_interval',),
+        'scheduled_gc': ('batch_interval',),
+        'async_eval': ('interval',),
+        'curriculum_learning': ('schedule', 'duration',),
+    },
+    'algorithms': {
+        'alibi': ('max_sequence_length',),
+        'gradient_clipping': ('clipping_type', 'clipping_threshold',),
+    },
+    'schedulers': {
+        'constant_with_warmup': ('t_warmup',),
+        'cosine_with_warmup': ('t_warmup',),
+        'linear_decay_with_warmup': ('t_warmup',),
+    },
+}

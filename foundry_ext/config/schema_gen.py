@@ -27,6 +27,19 @@ TRAIN_EXTRA = {'icl_tasks': 'str', 'eval_gauntlet': 'str'}
 # attn_config keys of kv_n_heads (GQA) and our foundry_attention class (foundry_ext.models.mpt).
 ATTN_EXTRA = ('kv_n_heads', 'attn_backend')
 _SIMPLE = {int: 'int', float: 'float', str: 'str', bool: 'bool', dict: 'dict', list: 'list'}
+# LLM Foundry's registries whose names a yaml writes (the entry-point group is llmfoundry_<registry>);
+# several registries of LLM Foundry fold into one name space where the yaml cannot tell them apart.
+REGISTRIES = {'callbacks': ('callbacks', 'callbacks_with_config'), 'loggers': ('loggers',),
+              'algorithms': ('algorithms',), 'optimizers': ('optimizers',), 'schedulers': ('schedulers',),
+              'models': ('models',), 'dataloaders': ('dataloaders',), 'norms': ('norms',), 'fcs': ('fcs',),
+              'ffns': ('ffns', 'ffns_with_norm', 'ffns_with_megablocks'), 'attention_classes': ('attention_classes',),
+              'param_init_fns': ('param_init_fns',)}
+# Names LLM Foundry registers only when an optional package (transformer-engine, megablocks) imports.
+CONDITIONAL = {'fcs': ('te',), 'ffns': ('te_ln_mlp', 'mb_moe', 'mb_dmoe')}
+# Registries whose options are the constructor's keyword arguments (checked before the build);
+# the arguments LLM Foundry fills in itself are left out.
+OPTIONS_OF = ('callbacks', 'loggers', 'algorithms', 'optimizers', 'schedulers')
+INJECTED = {'params', 'train_config', 'self'}
 
 
 def _types(tp: Any) -> tuple[str, ...]:
@@ -71,8 +84,93 @@ def tables() -> dict[str, dict[str, tuple[str, ...]]]:
             mpt[name] = _types(p.annotation) if p.annotation is not p.empty else ('object',)
     for k, v in MPT_EXTRA.items():
         mpt.setdefault(k, tuple(_SIMPLE[t] for t in v))
-    attn = {k: ('object',) for k in [*attn_config_defaults, *ATTN_EXTRA]}
+    attn: dict[str, tuple[str, ...]] = {k: ('object',) for k in [*attn_config_defaults, *ATTN_EXTRA]}
     return {'TRAIN_KEYS': train, 'MPT_KEYS': mpt, 'ATTN_KEYS': attn}
+
+
+def _annotation_types(fn: Any, name: str, p: inspect.Parameter) -> tuple[str, ...]:
+    if p.annotation is p.empty:
+        return ('object',)
+    try:
+        return _types(typing.get_type_hints(fn).get(name, p.annotation))
+    except Exception:  # noqa: BLE001 - an annotation naming what this module cannot import
+        try:
+            return _types(p.annotation)
+        except Exception:  # noqa: BLE001
+            return ('object',)
+
+
+def options_of(obj: Any) -> tuple[dict[str, tuple[str, ...]] | None, tuple[str, ...]]:
+    """A registered class or factory -> ({option: yaml types}, required options), or (None, ())
+    when it takes ``**kwargs`` (its options cannot be checked before it is built)."""
+    fn = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None, ()
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None, ()
+    opts: dict[str, tuple[str, ...]] = {}
+    required = []
+    for name, p in params.items():
+        if name in INJECTED or p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
+            continue
+        opts[name] = _annotation_types(fn, name, p)
+        if p.default is p.empty:
+            required.append(name)
+    return opts, tuple(required)
+
+
+def registry_tables() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, tuple[str, ...]]]]:
+    """LLM Foundry's built-in registry entries (not the entry points of installed plug-ins):
+    ``({registry: {name: {option: types} or None}}, {registry: {name: required options}})``."""
+    import catalogue
+    from llmfoundry import layers_registry, registry
+
+    names: dict[str, dict[str, Any]] = {}
+    required: dict[str, dict[str, tuple[str, ...]]] = {}
+    for key, parts in REGISTRIES.items():
+        table: dict[str, Any] = {}
+        for part in parts:
+            reg = getattr(registry, part, None) or getattr(layers_registry, part)
+            for full, obj in sorted(catalogue._get_all(reg.namespace).items()):
+                if str(getattr(obj, '__module__', '')).startswith('foundry_ext'):
+                    continue   # ours, registered through an entry point
+                opts, req = options_of(obj) if key in OPTIONS_OF else (None, ())
+                table[full[-1]] = opts
+                if req:
+                    required.setdefault(key, {})[full[-1]] = req
+        for name in CONDITIONAL.get(key, ()):
+            table.setdefault(name, None)
+        names[key] = dict(sorted(table.items()))
+    return names, required
+
+
+def _render_registries() -> list[str]:
+    names, required = registry_tables()
+    lines = ['# LLM Foundry\'s built-in registry names (entry points are read at validation time):',
+             '# {registry: {name: {option: yaml types} | None (takes **kwargs: options unchecked)}}',
+             'REGISTRY_NAMES: dict[str, dict[str, dict[str, tuple[type, ...]] | None]] = {']
+    for reg, table in names.items():
+        lines.append(f'    {reg!r}: {{')
+        for name, opts in table.items():
+            if opts is None:
+                lines.append(f'        {name!r}: None,')
+                continue
+            lines.append(f'        {name!r}: {{')
+            for k, ts in opts.items():
+                lines.append(f"            {k!r}: ({', '.join(ts)},),")
+            lines.append('        },')
+        lines.append('    },')
+    lines += ['}', '', '# options a built-in component cannot be built without',
+              'REQUIRED_OPTIONS: dict[str, dict[str, tuple[str, ...]]] = {']
+    for reg, table in required.items():
+        lines.append(f'    {reg!r}: {{')
+        for name, req in table.items():
+            lines.append(f"        {name!r}: ({''.join(repr(r) + ', ' for r in req).rstrip()}),")
+        lines.append('    },')
+    lines += ['}', '']
+    return lines
 
 
 def render() -> str:
@@ -88,6 +186,7 @@ def render() -> str:
             lines.append(f"    {k!r}: ({', '.join(ts)},),")
         lines.append('}')
         lines.append('')
+    lines += _render_registries()
     return '\n'.join(lines)
 
 

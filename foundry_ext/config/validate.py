@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable
 
+from foundry_ext.config.ranges import range_problems
+from foundry_ext.config.registries import check_mapping_section, check_model_layers, check_name, check_named
 from foundry_ext.config.schema import ATTN_KEYS, MPT_KEYS, TRAIN_KEYS
+from foundry_ext.data.mds_check import check_stream
 from foundry_ext.errors import UserError
 from foundry_ext.models.config import ATTN_IMPLS, FOUNDRY_MPT
 from foundry_ext.validation import (
@@ -36,7 +38,6 @@ PRECISIONS = ('fp32', 'amp_fp16', 'amp_bf16', 'amp_fp8')
 LOADER_KEYS: dict[str, tuple] = {k: (object,) for k in (
     'name', 'label', 'dataset', 'drop_last', 'num_workers', 'pin_memory', 'prefetch_factor',
     'persistent_workers', 'timeout')}
-_DURATION = re.compile(r'^\s*\d+(\.\d+)?\s*(ba|ep|tok|sp|dur)\s*$')
 
 # (kind, registry name) -> the owner of that section: "module:ConfigClass", parsed with
 # validation.parse, optionally followed by "module:function" run on the parsed object (data checks).
@@ -48,6 +49,7 @@ OWNERS: dict[tuple[str, str], tuple[str, ...]] = {
     ('callback', 'moe_monitor'): ('foundry_ext.models.config:MoEMonitorConfig',),
     ('callback', 'checkpoint_integrity'): ('foundry_ext.checkpoint.config:CheckpointIntegrityConfig',),
     ('callback', 'preemption'): ('foundry_ext.checkpoint.config:PreemptionConfig',),
+    ('callback', 'data_fingerprint'): ('foundry_ext.data.fingerprint:DataFingerprintConfig',),
     ('loader', 'mixture'): ('foundry_ext.data.mixing.config:MixtureConfig',
                             'foundry_ext.data.mixing.config:check_data'),
     ('loader', 'corpus_text'): ('foundry_ext.data.corpus_text:CorpusTextConfig',
@@ -147,16 +149,21 @@ def _check_model(model: dict, problems: list[str]) -> None:
     if name is None:
         problems.append('model.name is missing; e.g. mpt_causal_lm or hf_causal_lm')
         return
+    if not check_name('models', name, 'model.name', problems):
+        return
+    if name in ('mpt_causal_lm', FOUNDRY_MPT):
+        check_model_layers(model, problems)
     check = MODEL_CHECKS.get(name)
     if check is not None:
         check(model, problems)
 
 
 def _check_tokenizer(cfg: dict, problems: list[str]) -> None:
-    from foundry_ext.prep.tokenizer import tokenizer_vocab_size
+    from foundry_ext.prep.tokenizer import tokenizer_folder_problem, tokenizer_vocab_size
     tok = cfg.get('tokenizer')
     if not isinstance(tok, dict):
         return
+    problems += check_table(tok, {'name': (str,), 'kwargs': (dict,)}, 'tokenizer')
     name = tok.get('name')
     if not isinstance(name, str):
         problems.append('tokenizer.name is missing; point it at a tokenizer folder '
@@ -171,8 +178,14 @@ def _check_tokenizer(cfg: dict, problems: list[str]) -> None:
             problems.append(f'tokenizer.name {name!r} is not a local folder and the hub is off '
                             '(HF_HUB_OFFLINE=1); build one with `foundry-ext tokenizer`')
         return
+    bad = tokenizer_folder_problem(path)
+    if bad:
+        problems.append(f'tokenizer.name: {bad}')
+        return
     vocab = tokenizer_vocab_size(path)
-    model = cfg.get('model') if isinstance(cfg.get('model'), dict) else {}
+    model = cfg.get('model')
+    if not isinstance(model, dict):
+        model = {}
     mv = model.get('vocab_size')
     if vocab is not None and isinstance(mv, int) and vocab > mv:
         problems.append(f'tokenizer {name} has {vocab} tokens but model.vocab_size is {mv}; '
@@ -192,10 +205,15 @@ def _check_foundry_loader(loader: dict, where: str, problems: list[str]) -> None
     local, remote = ds.get('local'), ds.get('remote')
     if isinstance(local, str) and not remote and not Path(local).exists() and not ds.get('streams'):
         problems.append(f'{where}.dataset.local: data folder {local} does not exist and no remote is set')
+    elif not ds.get('streams') and not ds.get('hf_name') and (isinstance(local, str) or isinstance(remote, str)):
+        collect(problems, check_stream, local, remote, ds.get('split'), f'{where}.dataset')   # MDS whole?
     for sname, s in (ds.get('streams') or {}).items():
         if isinstance(s, dict) and isinstance(s.get('local'), str) and not s.get('remote') \
                 and not Path(s['local']).exists():
             problems.append(f"{where}.dataset.streams.{sname}.local: data folder {s['local']} does not exist")
+        elif isinstance(s, dict) and (isinstance(s.get('local'), str) or isinstance(s.get('remote'), str)):
+            collect(problems, check_stream, s.get('local'), s.get('remote'), s.get('split', ds.get('split')),
+                    f'{where}.dataset.streams.{sname}')
 
 
 def _check_loader(loader: Any, where: str, problems: list[str]) -> None:
@@ -207,12 +225,16 @@ def _check_loader(loader: Any, where: str, problems: list[str]) -> None:
         check_owned('loader', name, loader, where, problems)
     elif name in ('text', 'finetuning'):
         _check_foundry_loader(loader, where, problems)
+    else:
+        check_name('dataloaders', loader.get('name'), f'{where}.name', problems)
 
 
 def _check_callbacks(cfg: dict, problems: list[str]) -> None:
     cbs = cfg.get('callbacks')
     if not isinstance(cbs, dict):
         return
+    ours = frozenset(n for kind, n in OWNERS if kind == 'callback')
+    check_mapping_section(cfg, 'callbacks', 'callbacks', problems, owned=ours)
     for name, opts in cbs.items():
         parsed = check_owned('callback', str(name), opts, f'callbacks.{name}', problems)
         if name == 'loss_spike_guard' and parsed is not None and parsed.wants_rollback and not cfg.get('save_folder'):
@@ -231,11 +253,8 @@ def problems_of(cfg: dict[str, Any]) -> list[str]:
             problems.append(f'required key {k} is missing')
     if 'device_train_batch_size' not in cfg and 'global_train_batch_size' not in cfg:
         problems.append('set global_train_batch_size (or device_train_batch_size)')
-    for k in ('max_seq_len', 'global_train_batch_size', 'device_eval_batch_size'):
-        _positive_int(cfg, k, '', problems)
-    md = cfg.get('max_duration')
-    if isinstance(md, str) and not _DURATION.match(md):
-        problems.append(f"max_duration {md!r} is not a duration; write e.g. 500ba, 1ep or 10000000tok")
+    _positive_int(cfg, 'max_seq_len', '', problems)
+    problems += range_problems(cfg)
     prec = cfg.get('precision')
     if isinstance(prec, str) and prec not in PRECISIONS:
         problems.append(f'precision {prec!r} is not one of {list(PRECISIONS)}{did_you_mean(prec, PRECISIONS)}')
@@ -251,6 +270,10 @@ def problems_of(cfg: dict[str, Any]) -> list[str]:
         if isinstance(ev, dict) and 'label' not in ev:
             problems.append(f'eval_loaders[{i}].label is missing; each of several eval loaders needs a label')
     _check_callbacks(cfg, problems)
+    for key, registry in (('loggers', 'loggers'), ('algorithms', 'algorithms')):
+        check_mapping_section(cfg, key, registry, problems)
+    check_named(cfg.get('optimizer'), 'optimizers', 'optimizer', problems, options=True)
+    check_named(cfg.get('scheduler'), 'schedulers', 'scheduler', problems, options=True)
     return problems
 
 

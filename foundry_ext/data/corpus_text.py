@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from foundry_ext.errors import UserError
-from foundry_ext.validation import section
+from foundry_ext.validation import ConfigError, collect, section
 
 
 @dataclass
 class CorpusTextConfig:
     """The ``corpus_text`` loader mapping. ``dataset``: ``root`` (the MDS root of
-    convert_text_to_mds), ``split`` (default train), ``domains`` (default: all with that split),
-    ``proportions`` ({domain: weight}); every other key goes to LLM Foundry's ``text`` dataset."""
+    convert_text_to_mds; with ``remote``, the local cache root), ``remote`` (optional: the MDS root
+    to download from, a folder or s3://...), ``split`` (default train), ``domains`` (default: all
+    with that split), ``proportions`` ({domain: weight}); every other key (``cache_limit``,
+    ``shuffle`` ...) goes to LLM Foundry's ``text`` dataset."""
     dataset: dict[str, Any] = field(default_factory=dict)
     drop_last: bool = True
     num_workers: int = 0
@@ -52,25 +54,64 @@ class CorpusTextConfig:
     def split(self) -> str:
         return str(self.dataset.get('split', 'train'))
 
+    @property
+    def remote(self) -> Optional[str]:
+        r = self.dataset.get('remote')
+        return str(r) if r else None
+
 
 def check_data(cfg: CorpusTextConfig) -> None:
-    """The MDS root exists and has every chosen domain's split (one line naming what is missing)."""
+    """Every chosen domain's split is a whole MDS dataset (a remote one: reachable, its index
+    fetched into the cache); one line naming the domain and the file."""
+    from foundry_ext.data.mds_check import check_stream
+    from foundry_ext.data.remote import join
     where = section('train_loader')
-    root = cfg.root
-    if not root.is_dir():
+    root, remote = cfg.root, cfg.remote
+    if not remote and not root.is_dir():
         raise UserError(f'{where}.dataset.root: data folder {root} does not exist; build it with '
                         f'`make data` or data_prep/convert_text_to_mds.py --out {root}')
-    domains = cfg.dataset.get('domains') or sorted(p.name for p in root.iterdir() if p.is_dir())
-    for d in domains:
-        if not (root / d / cfg.split / 'index.json').is_file():
-            raise UserError(f'{where}.dataset: {root}/{d}/{cfg.split}/index.json does not exist; '
+    problems: list[str] = []
+    for d in _domains(root, cfg.split, cfg.dataset.get('domains'), remote, where):
+        if not remote and not (root / d / cfg.split / 'index.json').is_file():
+            problems.append(f'{where}.dataset: {root}/{d}/{cfg.split}/index.json does not exist; '
                             f'is {d!r} a converted domain with a {cfg.split!r} split?')
+            continue
+        collect(problems, check_stream, str(root / d), join(remote, d) if remote else None, cfg.split,
+                f'{where}.dataset domain {d!r}')
+    if problems:
+        raise ConfigError(problems)
+
+
+def _domains(root: Path, split: str, domains: Optional[list[str]], remote: Optional[str], where: str) -> list[str]:
+    """The chosen domains; by default every one the source (root, or a local-folder remote) has."""
+    from foundry_ext.data.remote import local_folder
+    if domains:
+        return list(domains)
+    if remote:
+        src = local_folder(remote)
+        if src is None:
+            raise UserError(f'{where}.dataset.domains is required with a remote that is not a local folder '
+                            f'({remote}); list the domains to read, e.g. [code, prose]')
+        if not src.is_dir():
+            raise UserError(f'{where}.dataset.remote: folder {src} does not exist')
+        return sorted(p.name for p in src.iterdir() if (p / split / 'index.json').is_file())
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
 def corpus_streams(root: str | Path, split: str, domains: Optional[list[str]] = None,
-                   proportions: Optional[dict[str, float]] = None) -> dict[str, dict[str, Any]]:
-    """``{domain: Stream kwargs}`` for the domains of an MDS root that have ``split``."""
+                   proportions: Optional[dict[str, float]] = None,
+                   remote: Optional[str] = None) -> dict[str, dict[str, Any]]:
+    """``{domain: Stream kwargs}`` for the domains of an MDS root that have ``split`` (with
+    ``remote``: each domain downloaded from ``<remote>/<domain>`` into ``<root>/<domain>``)."""
     root = Path(root)
+    if remote:
+        from foundry_ext.data.remote import join
+        out: dict[str, dict[str, Any]] = {}
+        for d in _domains(root, split, domains, remote, 'train_loader'):
+            out[d] = {'local': str(root / d), 'remote': join(remote, d), 'split': split}
+            if proportions and d in proportions:
+                out[d]['proportion'] = float(proportions[d])
+        return out
     if not root.is_dir():
         raise UserError(f'MDS root {root} does not exist; convert a corpus with '
                         f'`python data_prep/convert_text_to_mds.py --out {root} ...`')
@@ -115,7 +156,10 @@ def build_corpus_dataloader(tokenizer: Any, device_batch_size: Any, **loader: An
     cfg = parse(CorpusTextConfig, loader, 'train_loader')
     ds = dict(cfg.dataset)
     root, split = ds.pop('root'), ds.pop('split', 'train')
-    ds['streams'] = corpus_streams(root, split, ds.pop('domains', None), ds.pop('proportions', None))
+    ds['streams'] = corpus_streams(root, split, ds.pop('domains', None), ds.pop('proportions', None),
+                                   remote=ds.pop('remote', None))
+    from foundry_ext.data.leftovers import clean_stale_streaming_state
+    clean_stale_streaming_state()
     return build_text_dataloader(
         tokenizer=tokenizer, device_batch_size=device_batch_size, dataset=ds, drop_last=cfg.drop_last,
         timeout=cfg.timeout,

@@ -80,12 +80,12 @@ def check_impl(impl: str, cuda: bool, flash_installed: bool | None = None) -> st
 
 def resolve_impl(impl: str, device: torch.device | str | None = None) -> str:
     """Backend for ``impl`` on ``device`` (logged once per combination)."""
-    device = torch.device(device) if device is not None else torch.device('cpu')
-    backend = check_impl(impl, device.type == 'cuda')
-    key = (impl, device.type, backend)
+    dev = torch.device(device if device is not None else 'cpu')
+    backend = check_impl(impl, dev.type == 'cuda')
+    key = (impl, dev.type, backend)
     if key not in _logged:
         _logged.add(key)
-        log.info('foundry_ext attention: attn_impl=%s on %s -> %s', impl, device.type, backend)
+        log.info('foundry_ext attention: attn_impl=%s on %s -> %s', impl, dev.type, backend)
     return backend
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,8 @@ from torch import nn
 
 __all__ = ['DroplessMoE', 'route', 'load_balancing_loss', 'router_z_loss', 'MoEStats', 'ACTIVATIONS']
 
-ACTIVATIONS = {'silu': F.silu, 'gelu': lambda x: F.gelu(x, approximate='tanh'), 'gelu_exact': F.gelu,
-               'relu': F.relu}
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    'silu': F.silu, 'gelu': lambda x: F.gelu(x, approximate='tanh'), 'gelu_exact': F.gelu, 'relu': F.relu}
 
 
 @dataclass

@@ -20,7 +20,7 @@ documents) runs. Generation with a KV cache also uses LLM Foundry's implementati
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from llmfoundry.models.layers.attention import GroupedQueryAttention
@@ -42,6 +42,8 @@ _MHA_TYPES = {'multihead_attention', 'grouped_query_attention', 'multiquery_atte
 
 class FoundryAttention(GroupedQueryAttention):
     """MPT grouped-query attention with our backend choice (``attn_backend``)."""
+
+    attn_fn: Callable[..., Any]          # the attention op the base class's forward calls
 
     def __init__(self, d_model: int, n_heads: int, kv_n_heads: Optional[int] = None, attn_backend: str = 'auto',
                  attn_bias_padding_only: bool = False, **kwargs: Any):
@@ -103,6 +105,8 @@ def translate_attn_config(attn: dict, n_heads: int, cuda: bool, flash_installed:
 
 class FoundryMPTConfig(MPTConfig):
     """MPTConfig whose ``attn_impl`` may be auto|flash|sdpa|torch (translated before MPT validates)."""
+
+    attn_config: dict[str, Any]
 
     def __init__(self, attn_config: Optional[dict] = None, **kwargs: Any):
         # MPT's default attn_config says flash; ours defaults to auto (HF builds default configs too).

@@ -17,14 +17,16 @@ they are the same on every machine.
 from __future__ import annotations
 
 import ast
+import email.message
 import hashlib
 import json
 import random
 import sys
 import sysconfig
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 from foundry_ext.atomic import atomic_dir
 from foundry_ext.errors import UserError
@@ -51,7 +53,9 @@ def _chunks(text: str, max_chars: int = MAX_DOC_CHARS) -> list[str]:
     comparable size mix better and give every domain a real held-out split)."""
     if len(text) <= max_chars:
         return [text]
-    out, cur, size = [], [], 0
+    out: list[str] = []
+    cur: list[str] = []
+    size = 0
     for para in text.split('\n\n'):
         if cur and size + len(para) > max_chars:
             out.append('\n\n'.join(cur))
@@ -98,10 +102,16 @@ def _docstrings(path: Path) -> str:
     return '\n\n'.join(parts)
 
 
+def _description(dist: metadata.Distribution) -> str:
+    """An installed distribution's long description (its README), '' if it has none."""
+    meta = cast(email.message.Message, dist.metadata)   # what importlib returns at runtime
+    payload = meta.get_payload()
+    return ((payload if isinstance(payload, str) else '') or meta.get('Description') or '').strip()
+
+
 def prose_docs(rng: random.Random) -> Iterator[Doc]:
     """Package READMEs and stdlib docstrings, in a seeded order of sources; each source is
     read only when reached, so a small corpus does not parse the whole standard library."""
-    from importlib import metadata
     # The environment's own site-packages only: sys.path can grow at run time (pkg_resources
     # adds setuptools' vendored packages), which must not change the corpus.
     paths = sorted({sysconfig.get_paths()['purelib'], sysconfig.get_paths()['platlib']})
@@ -113,14 +123,14 @@ def prose_docs(rng: random.Random) -> Iterator[Doc]:
         if name and name not in dists and name.replace('_', '-') != 'foundry-ext':
             dists[name] = dist
     root = Path(sysconfig.get_paths()['stdlib'])
-    sources: list[tuple[str, object]] = [(f'pkg:{n}', dists[n]) for n in sorted(dists)]
+    sources: list[tuple[str, Path | metadata.Distribution]] = [(f'pkg:{n}', dists[n]) for n in sorted(dists)]
     sources += [(f'doc:{p.relative_to(root).as_posix()}', p) for p in _stdlib_files()]
     rng.shuffle(sources)
     for sid, src in sources:
         if isinstance(src, Path):
             text = _docstrings(src)
         else:
-            text = (src.metadata.get_payload() or src.metadata.get('Description') or '').strip()
+            text = _description(src)
         if len(text) >= 500:
             for i, chunk in enumerate(_chunks(text)):
                 yield Doc(f'prose:{sid}#{i}', chunk)

@@ -29,6 +29,11 @@ _WORD = re.compile(r'\w+')
 _C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
 
+if hasattr(np, 'trapezoid'):
+    _trapezoid = np.trapezoid
+else:   # numpy 1.x (torch 2.7 allows it) has only the old name, which numpy 2's stubs dropped
+    _trapezoid = np.trapz  # type: ignore[attr-defined]
+
 
 def normalize(text: str) -> str:
     return _WS.sub(' ', unicodedata.normalize('NFKC', text).lower()).strip()
@@ -49,10 +54,8 @@ def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     s_hi = np.linspace(threshold, 1, 512)
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            fp = np.trapezoid(1 - (1 - s_lo ** r) ** b, s_lo) if hasattr(np, 'trapezoid') else \
-                np.trapz(1 - (1 - s_lo ** r) ** b, s_lo)
-            fn = np.trapezoid((1 - s_hi ** r) ** b, s_hi) if hasattr(np, 'trapezoid') else \
-                np.trapz((1 - s_hi ** r) ** b, s_hi)
+            fp = _trapezoid(1 - (1 - s_lo ** r) ** b, s_lo)
+            fn = _trapezoid((1 - s_hi ** r) ** b, s_hi)
             err = 0.5 * fp + 0.5 * fn
             if err < best_err - 1e-12:
                 best, best_err = (b, r), err

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from itertools import chain
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import numpy as np
 
@@ -131,10 +131,12 @@ class FastByteLevelBPE:
         if self.prefix_space and not text.startswith(' '):
             text = ' ' + text
         words = self.pat.findall(text)
-        toks = list(map(self.cache.get, words))
-        if None in toks:
+        found = list(map(self.cache.get, words))
+        if None in found:
             miss = self._miss
-            toks = [t if t is not None else miss(w) for t, w in zip(toks, words)]
+            toks = [t if t is not None else miss(w) for t, w in zip(found, words)]
+        else:
+            toks = cast(list[tuple], found)   # every word was cached: no None left
         return np.fromiter(chain.from_iterable(toks), self.dtype)
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:

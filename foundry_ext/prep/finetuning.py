@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from foundry_ext.atomic import atomic_dir
+from foundry_ext.atomic import atomic_dir, clean_stale_temp
 from foundry_ext.errors import UserError
 from foundry_ext.prep.sources import open_bytes
 
@@ -73,7 +73,7 @@ def _example(obj, prompt_field: str, response_field: str, messages_field: str) -
     raise ValueError(f'needs "{prompt_field}" and "{response_field}" strings, or a "{messages_field}" list')
 
 
-def convert_finetuning(inputs: list[tuple[str, Path]], tokenizer_dir: str | Path, out: str | Path,
+def convert_finetuning(inputs: list[tuple[str, str | Path]], tokenizer_dir: str | Path, out: str | Path,
                        max_seq_len: int = 2048, chat_template: Optional[str] = None,
                        prompt_field: str = 'prompt', response_field: str = 'response',
                        messages_field: str = 'messages', on_too_long: str = 'truncate',
@@ -98,7 +98,6 @@ def convert_finetuning(inputs: list[tuple[str, Path]], tokenizer_dir: str | Path
     from streaming import MDSWriter
 
     from foundry_ext.prep.mds_writer import parse_compression
-    from foundry_ext.prep.pipeline import clean_stale_temp
     parse_compression(compression)
     stats: dict = {'max_seq_len': max_seq_len, 'tokenizer': str(tokenizer_dir), 'chat_template': template_source,
                    'on_too_long': on_too_long, 'target_prompts': target_prompts,
@@ -111,7 +110,8 @@ def convert_finetuning(inputs: list[tuple[str, Path]], tokenizer_dir: str | Path
         for split, files in by_split.items():
             s = {'read': 0, 'written': 0, 'bad_records': 0, 'too_long': 0, 'truncated': 0,
                  'dropped_too_long': 0, 'dropped_no_target': 0, 'chat': 0, 'prompt_response': 0,
-                 'tokens': 0, 'bad_record_examples': []}
+                 'tokens': 0}
+            examples: list[str] = []
             with MDSWriter(out=str(tmp / split), columns={'turns': 'json'}, compression=compression) as w:
                 for path in files:
                     with open_bytes(path) as f:
@@ -135,8 +135,8 @@ def convert_finetuning(inputs: list[tuple[str, Path]], tokenizer_dir: str | Path
                                 if strict:
                                     raise UserError(f'{msg}; {fix}') from None
                                 s['bad_records'] += 1
-                                if len(s['bad_record_examples']) < 5:
-                                    s['bad_record_examples'].append(msg)
+                                if len(examples) < 5:
+                                    examples.append(msg)
                                 continue
                             s[kind] += 1
                             ids, _ = stitch_turns_decoder_only(sample['turns'], target_prompts, target_responses)
@@ -159,9 +159,7 @@ def convert_finetuning(inputs: list[tuple[str, Path]], tokenizer_dir: str | Path
                 raise UserError(f'split {split}: no usable example out of {s["read"]} records '
                                 f'({s["bad_records"]} bad, {s["dropped_too_long"]} too long, '
                                 f'{s["dropped_no_target"]} without a response token); check the input fields')
-            if not s['bad_record_examples']:
-                del s['bad_record_examples']
-            stats['splits'][split] = s
+            stats['splits'][split] = {**s, 'bad_record_examples': examples} if examples else s
         (tmp / 'stats.json').write_text(json.dumps(stats, indent=2) + '\n')
     return stats
 

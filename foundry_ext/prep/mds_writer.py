@@ -53,13 +53,14 @@ def parse_compression(compression: Optional[str]) -> tuple[Optional[str], Option
 def compress(family: Optional[str], level: Optional[int], data: bytes) -> bytes:
     if family is None:
         return data
+    lvl = level if level is not None else _DEFAULT_LEVEL.get(family, 0)   # as parse_compression
     if family == 'zstd':
         import zstd  # the module streaming itself uses, so the bytes are the same
-        return zstd.compress(data, level)
+        return zstd.compress(data, lvl)
     if family == 'gz':
-        return gzip.compress(data, level, mtime=0)
+        return gzip.compress(data, lvl, mtime=0)
     if family == 'bz2':
-        return bz2.compress(data, level)
+        return bz2.compress(data, lvl)
     from streaming.base.compression import compress as s_compress  # br, snappy: rare
     return s_compress(family if level is None else f'{family}:{level}', data)
 
@@ -112,6 +113,7 @@ class TokenMDSWriter:
         self.head = np.frombuffer(np.array([datum_len], np.uint32).tobytes() + datum_head, np.uint8)
         self.sample_bytes = len(self.head) + self.row_len * self.dtype.itemsize
         extra_per_shard = 4 + 4 + len(self.config_data)
+        self.rows_per_shard: Optional[int]      # None: no size limit
         if self.size_limit:
             self.rows_per_shard = (self.size_limit - extra_per_shard) // (self.sample_bytes + 4)
             if self.rows_per_shard < 1:

@@ -25,7 +25,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import IO, Any, Iterator, Optional
 
 from foundry_ext.errors import UserError
 
@@ -80,7 +80,20 @@ def is_jsonl_file(p: Path) -> bool:
 
 
 def open_bytes(path: Path):
-    """A binary stream over ``path``, decompressing .gz / .zst on the fly."""
+    """A binary stream over ``path``, decompressing .gz / .zst on the fly. A damaged or truncated
+    input (or a read error) is a one-line UserError naming the file and how far it got."""
+    path = Path(path)
+    try:
+        return _Checked(_open_raw(path), path)
+    except FileNotFoundError:
+        raise UserError(f'input {path} does not exist') from None
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - each decompressor raises its own types
+        raise UserError(f'input {path} cannot be read: {_why(e)}') from None
+
+
+def _open_raw(path: Path):
     suffix = path.suffix
     if suffix == '.gz':
         return gzip.open(path, 'rb')
@@ -98,29 +111,117 @@ def open_bytes(path: Path):
     return open(path, 'rb')
 
 
+def _why(e: BaseException) -> str:
+    if isinstance(e, EOFError):
+        return 'it is truncated (the compressed stream ends early)'
+    if isinstance(e, gzip.BadGzipFile):
+        return 'it is not a gzip file'
+    msg = ' '.join(str(e).split())[:160]
+    return f'{type(e).__name__}: {msg}' if msg else type(e).__name__
+
+
+_PIECE = 1 << 16
+
+
+class _Checked:
+    """A binary reader that turns a decompressor's or the OS's error into one line naming the file,
+    the uncompressed byte offset and the line it had reached."""
+
+    def __init__(self, f, path: Path):
+        self.f, self.path = f, path
+        self.offset = 0
+        self.lines = 0
+
+    def _fail(self, e: BaseException) -> UserError:
+        where = f' after {self.offset:,} bytes (line {self.lines + 1})' if self.offset else ''
+        fix = '; re-download or re-compress it' if self.path.suffix in COMPRESSED else ''
+        return UserError(f'input {self.path} is damaged{where}: {_why(e)}{fix}')
+
+    def _count(self, data: bytes) -> bytes:
+        self.offset += len(data)
+        self.lines += data.count(b'\n')
+        return data
+
+    def read(self, n: int = -1) -> bytes:
+        """Read in pieces of 64 KiB so a failure knows how far the input got."""
+        parts = []
+        want = n if n is not None and n >= 0 else None
+        try:
+            while want is None or want > 0:
+                blk = self.f.read(_PIECE if want is None else min(want, _PIECE))
+                if not blk:
+                    break
+                parts.append(self._count(blk))
+                if want is not None:
+                    want -= len(blk)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - EOFError, BadGzipFile, zlib.error, ZstdError, OSError
+            raise self._fail(e) from None
+        return b''.join(parts)
+
+    def readline(self, n: int = -1) -> bytes:
+        try:
+            return self._count(self.f.readline(n))
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise self._fail(e) from None
+
+    def __iter__(self):
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise self._fail(e) from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            try:
+                self.f.close()
+            except Exception:  # noqa: BLE001, S110 - already failing: the first error is the one to show
+                pass
+
+
 class _ProcReader(io.RawIOBase):
     """stdout of a decompressor process as a readable binary stream."""
 
     def __init__(self, cmd: list[str]):
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.proc.stdout is not None and self.proc.stderr is not None   # both are PIPEs
+        self._stdout: IO[bytes] = self.proc.stdout
+        self._stderr: IO[bytes] = self.proc.stderr
         self.cmd = cmd
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:
-        data = self.proc.stdout.read(len(b))
+    def readinto(self, b: Any) -> int:
+        data = self._stdout.read(len(b))
         b[:len(data)] = data
         return len(data)
 
-    def read(self, n: int = -1) -> bytes:
-        return self.proc.stdout.read() if n is None or n < 0 else self.proc.stdout.read(n)
+    def read(self, n: int | None = -1) -> bytes:
+        return self._stdout.read() if n is None or n < 0 else self._stdout.read(n)
 
     def close(self) -> None:
         if not self.closed:
-            self.proc.stdout.close()
-            err = self.proc.stderr.read().decode(errors='replace').strip()
-            self.proc.stderr.close()
+            self._stdout.close()
+            err = self._stderr.read().decode(errors='replace').strip()
+            self._stderr.close()
             rc = self.proc.wait()
             super().close()
             if rc != 0:
@@ -175,25 +276,22 @@ def expand_inputs(specs: list[str], want) -> list[Path]:
 
 
 def text_file_chunks(src: Source, block_bytes: int, max_doc_bytes: int) -> Iterator[Chunk]:
-    batch: list = []
+    batch: list[tuple[str, bytes, bool, bool]] = []   # (name, bytes, continues, last); named by its first
     size = 0
-    first_name = None
     for path in src.paths:
         with open_bytes(path) as f:
             plain = path.suffix not in COMPRESSED
             data = f.read() if plain and path.stat().st_size <= max_doc_bytes else f.read(max_doc_bytes + 1)
             if len(data) <= max_doc_bytes:
-                if first_name is None:
-                    first_name = str(path)
                 batch.append((str(path), data, False, True))
                 size += len(data)
                 if size >= block_bytes:
-                    yield Chunk('texts', first_name, src.split, src.domain, 0, batch, size)
-                    batch, size, first_name = [], 0, None
+                    yield Chunk('texts', batch[0][0], src.split, src.domain, 0, batch, size)
+                    batch, size = [], 0
                 continue
             if batch:
-                yield Chunk('texts', first_name, src.split, src.domain, 0, batch, size)
-                batch, size, first_name = [], 0, None
+                yield Chunk('texts', batch[0][0], src.split, src.domain, 0, batch, size)
+                batch, size = [], 0
             cont = False
             while True:
                 more = f.read(max_doc_bytes + 1 - len(data)) if len(data) <= max_doc_bytes else b''
@@ -208,7 +306,7 @@ def text_file_chunks(src: Source, block_bytes: int, max_doc_bytes: int) -> Itera
                 data = data[cut:]
                 cont = True
     if batch:
-        yield Chunk('texts', first_name, src.split, src.domain, 0, batch, size)
+        yield Chunk('texts', batch[0][0], src.split, src.domain, 0, batch, size)
 
 
 def jsonl_chunks(src: Source, block_bytes: int) -> Iterator[Chunk]:

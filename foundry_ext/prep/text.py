@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,10 +24,6 @@ from foundry_ext.errors import UserError
 from foundry_ext.prep.sources import Source, is_jsonl_file, is_text_file
 
 SPLITS = ('train', 'val', 'test')
-
-
-def _is_text_file(p: Path) -> bool:
-    return is_text_file(p)
 
 
 def discover(input_dir: Path) -> dict[str, dict[str, list[Path]]]:
@@ -75,20 +72,17 @@ def plan_sources(plan: dict[str, dict[str, list[Path]]]) -> list[Source]:
 
 def convert_to_mds(input_dir: str | Path, tokenizer_dir: str | Path, out: str | Path,
                    concat_tokens: int = 128, compression: str | None = None,
-                   encoding_errors: str = 'strict', overwrite: bool = False,
-                   batch_docs: int = 512, **options) -> dict:
+                   encoding_errors: str = 'strict', overwrite: bool = False, **options: Any) -> dict:
     """Convert a corpus folder (layout above) to MDS; returns the ``stats.json`` dict.
 
     ``options`` are ``pipeline.PrepConfig`` fields: ``num_proc``, ``bos``, ``no_wrap``,
     ``hashes``, ``strict``, ``quality``, ``exact_dedup``, ``near_dedup``, ...
-    (``batch_docs`` is kept for compatibility; the engine batches by bytes.)
+    The options are checked (``PrepConfig``) before the input folder is read.
     """
     from foundry_ext.prep.pipeline import PrepConfig, run
     cfg = PrepConfig(tokenizer=tokenizer_dir, out=out, concat_tokens=concat_tokens,
                      compression=compression, encoding_errors=encoding_errors, overwrite=overwrite,
                      **options)
-    from foundry_ext.prep.pipeline import validate
-    validate(cfg)
     plan = discover(Path(input_dir))
     return run(plan_sources(plan), cfg)
 

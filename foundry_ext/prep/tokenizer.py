@@ -71,6 +71,30 @@ def tokenizer_vocab_size(path: str | Path) -> int | None:
     return max(ids) + 1 if ids else None
 
 
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'tokenizer.model', 'spiece.model',
+                   'vocab.txt')
+
+
+def tokenizer_folder_problem(path: str | Path) -> str | None:
+    """One line when a local folder cannot be a HF tokenizer (no tokenizer files, or a
+    ``tokenizer.json`` / ``tokenizer_config.json`` that is not valid JSON), else None."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    present = [n for n in TOKENIZER_FILES if (p / n).is_file()]
+    if not present:
+        return (f'folder {p} has no tokenizer files ({", ".join(TOKENIZER_FILES[:2])}, ...); build one with '
+                f'`foundry-ext tokenizer --corpus <corpus> --out {p}`')
+    for n in ('tokenizer.json', 'tokenizer_config.json'):
+        if n in present:
+            try:
+                json.loads((p / n).read_text(encoding='utf-8'))
+            except (OSError, ValueError) as e:
+                why = 'is empty' if (p / n).stat().st_size == 0 else f'is not valid JSON ({str(e)[:80]})'
+                return f'{p / n} {why} (truncated or corrupt); rebuild the tokenizer or restore the file'
+    return None
+
+
 def special_token_id(tokenizer_dir: Path, tok, name: str) -> int | None:
     """Id of the special token ``name`` (e.g. ``eos_token``) named in ``tokenizer_config.json``."""
     cfg = tokenizer_dir / 'tokenizer_config.json'

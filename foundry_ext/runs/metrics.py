@@ -14,10 +14,12 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 from composer.loggers import LoggerDestination
 from composer.utils import dist
+
+from foundry_ext.runs.redact import redact
 
 log = logging.getLogger('foundry_ext')
 
@@ -34,13 +36,13 @@ class MetricsJsonlLogger(LoggerDestination):
     def __init__(self, folder: str = '.', filename: str = 'metrics.jsonl') -> None:
         super().__init__()
         self.path = Path(folder) / filename
-        self._file = None
+        self._file: Optional[TextIO] = None     # rank 0 only, opened on the first write
         self._hparams: dict[str, Any] = {}
         self._base: Optional[int] = None           # file length when this process first opened it
         self._resume: Optional[dict[str, Any]] = None
         self._live = False   # the Trainer has loaded (after_load): this run's outputs may change the folder
 
-    def _open(self):
+    def _open(self) -> Optional[TextIO]:
         if self._file is None and dist.get_global_rank() == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, 'a', encoding='utf-8')
@@ -112,7 +114,7 @@ class MetricsJsonlLogger(LoggerDestination):
     def _write_hparams(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name('hparams.json.tmp')
-        tmp.write_text(json.dumps(self._hparams, default=str, indent=1))
+        tmp.write_text(json.dumps(redact(self._hparams), default=str, indent=1))   # never a secret
         os.replace(tmp, self.path.with_name('hparams.json'))
 
     def close(self, state, logger) -> None:

@@ -9,6 +9,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 from foundry_ext.errors import UserError
 
@@ -51,7 +52,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 def summarize(rows: list[dict]) -> dict:
     """{'train': [(step, loss)], 'eval': {label: [(step, loss)]}}"""
-    train, evals = [], {}
+    train: list[tuple[Any, float]] = []             # (step, loss); step as logged (None if missing)
+    evals: dict[str, list[tuple[Any, float]]] = {}
     for r in rows:
         step = r.get('step')
         for k, v in r.items():

@@ -34,7 +34,7 @@ from composer.utils import dist
 from foundry_ext import safeload
 from foundry_ext.errors import UserError
 from foundry_ext.stability.config import InjectSpikeConfig, LossSpikeGuardConfig
-from foundry_ext.stability.spike import SpikeGuard, SpikeStop
+from foundry_ext.stability.spike import Decision, SpikeGuard, SpikeStop
 from foundry_ext.validation import parse
 
 log = logging.getLogger('foundry_ext')
@@ -91,7 +91,7 @@ class LossSpikeGuard(Callback):
         self._pending_rollback: Optional[int] = None
         self._lr_restore: list = []
         self._ckpts: dict[str, int] = {}   # checkpoint path (rank 0) -> batch it was saved at
-        self.last_decision = None
+        self.last_decision: Optional[Decision] = None   # the guard's decision on the last batch
 
     # ------------------------------------------------------------------------------ setup / resume
     def fit_start(self, state: State, logger: Logger) -> None:

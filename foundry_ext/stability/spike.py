@@ -138,17 +138,18 @@ class SpikeGuard:
         return self.cfg.cooldown_factor if step < self.n.cooldown_until else 1.0
 
     def observe(self, step: int, loss: float, grad_norm: float | None = None) -> Decision:
-        d = Decision(step=step, loss=float(loss), grad_norm=None if grad_norm is None else float(grad_norm))
+        g = None if grad_norm is None else float(grad_norm)
+        d = Decision(step=step, loss=float(loss), grad_norm=g)
         reasons = []
-        nonfinite = not math.isfinite(d.loss) or (grad_norm is not None and not math.isfinite(d.grad_norm))
+        nonfinite = not math.isfinite(d.loss) or (g is not None and not math.isfinite(g))
         if nonfinite:
             reasons.append('nonfinite')
         else:
             spike, d.loss_z, d.loss_median = self.loss_window.check(d.loss)
             if spike:
                 reasons.append('loss')
-            if self.grad_window is not None and grad_norm is not None:
-                gspike, _, _ = self.grad_window.check(d.grad_norm)
+            if self.grad_window is not None and g is not None:
+                gspike, _, _ = self.grad_window.check(g)
                 if gspike:
                     reasons.append('grad_norm')
         n = self.n

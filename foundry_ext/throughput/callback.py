@@ -1,6 +1,6 @@
 """`mfu_monitor`: throughput, MFU, HFU, ETA and projected cost, for any model.
 
-Thin Composer adapter over :mod:`foundry_ext.models.flops` (FLOPs per token from the model's config, or
+Thin Composer adapter over :mod:`foundry_ext.models.accounting` (FLOPs per token from the model's config, or
 measured once with FlopCounterMode for a model it does not know) and :mod:`foundry_ext.throughput.hardware`
 (peak FLOP/s: user value > table > a cached matmul probe; never 0).
 
@@ -8,7 +8,7 @@ Every ``log_interval`` batches it logs (tokens are Composer's, already summed ov
 training wall-clock, evaluation excluded):
 
 ``throughput/tokens_per_sec`` (global), ``throughput/device/tokens_per_sec``,
-``mfu/model_tflops_per_device``, ``mfu/mfu`` (DESIGN.md convention), ``mfu/mfu_causal``,
+``mfu/model_tflops_per_device``, ``mfu/mfu`` (the convention of docs/mfu.md), ``mfu/mfu_causal``,
 ``mfu/hfu`` (counts activation-checkpointing recompute), ``mfu/eta_s``, ``mfu/projected_device_hours``
 and, with ``usd_per_gpu_hour``, ``mfu/projected_cost_usd``.
 """
@@ -85,12 +85,15 @@ class MFUMonitor(Callback):
         if self.user_peak is not None or self.device or (detected and hardware.device_key(detected)):
             peak, src = hardware.peak_flops(precision, self.device, self.user_peak, detected)
         else:  # unknown hardware: rank 0 measures (ranks on one CPU would slow each other), all use it
-            box = [None]
+            box: list[Optional[tuple[float, str]]] = [None]
             if dist.get_global_rank() == 0:
                 box = [hardware.peak_flops(precision, detected=detected or 'cpu',
                                            probe_device='cuda' if detected else 'cpu')]
             dist.broadcast_object_list(box, src=0)
-            peak, src = box[0]
+            got = box[0]
+            if got is None:   # broadcast_object_list fills it on every rank
+                raise RuntimeError('mfu_monitor: rank 0 sent no peak FLOP/s')
+            peak, src = got
         self.peak, self.peak_source = peak, src
         self.overhead_s += time.perf_counter() - t0
 

@@ -1,9 +1,10 @@
 """Peak FLOP/s per device and precision, for MFU. Never 0: unknown hardware is measured.
 
-Dense (no sparsity) tensor-core peaks from the vendors' data sheets, as in DESIGN.md. Resolution
-order in :func:`peak_flops`: a user value > a table entry for a given / detected device name >
-a short matmul probe (cached in ``$FOUNDRY_EXT_CACHE`` or ``~/.cache/foundry_ext``). On CPU the
-probe is what makes MFU meaningful (it is "fraction of what a big fp32 matmul reaches here").
+Dense (no sparsity) tensor-core peaks from the vendors' data sheets; docs/mfu.md names the source
+of each number and the known approximations. Resolution order in :func:`peak_flops`: a user value >
+a table entry for a given / detected device name > a short matmul probe (cached in
+``$FOUNDRY_EXT_CACHE`` or ``~/.cache/foundry_ext``). On CPU the probe is what makes MFU meaningful
+(it is "fraction of what a big fp32 matmul reaches here").
 """
 from __future__ import annotations
 

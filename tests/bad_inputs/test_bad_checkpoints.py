@@ -16,7 +16,8 @@ def _argv(tok, mds, run_dir, **extra):
     o = {'variables.tokenizer_dir': tok, 'variables.data_root': mds, 'variables.run_dir': run_dir,
          'variables.max_seq_len': TINY_SEQ, 'model.vocab_size': TINY_VOCAB, 'model.d_model': 32, 'model.n_heads': 2,
          'model.n_layers': 1, 'global_train_batch_size': 8, 'device_train_microbatch_size': 8,
-         'device_eval_batch_size': 8, 'max_duration': '8ba', 'save_interval': '4ba', **extra}
+         'device_eval_batch_size': 8, 'max_duration': '8ba', 'save_interval': '4ba',
+         'scheduler.t_warmup': '2ba', **extra}
     return [YAML] + [f'{k}={v}' for k, v in o.items()]
 
 
@@ -64,7 +65,7 @@ def test_finished_run_says_so_and_exits_0(run, capsys):
     _ckpt(r / 'checkpoints', 8)
     before = tree_digest(r)
     rc, err = _train(capsys, argv())
-    assert rc == 0
+    assert rc == 0, err
     (line,) = [x for x in err.splitlines() if 'already finished' in x]
     assert 'ep0-ba8-rank0.pt is at step 8' in line and 'max_duration is 8ba' in line
     assert not [x for x in err.splitlines() if x.startswith('error:')]

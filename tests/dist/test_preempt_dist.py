@@ -21,7 +21,7 @@ def test_sigterm_to_one_rank_stops_all(tiny_tokenizer, tiny_mds, tmp_path):
     o = {'variables.tokenizer_dir': tiny_tokenizer, 'variables.data_root': tiny_mds, 'variables.run_dir': run,
          'variables.max_seq_len': TINY_SEQ, 'model.vocab_size': TINY_VOCAB, 'model.d_model': 32, 'model.n_heads': 2,
          'model.n_layers': 1, 'global_train_batch_size': 8, 'device_train_microbatch_size': 4,
-         'device_eval_batch_size': 8, 'eval_subset_num_batches': 1, 'max_duration': '6ba', 'save_interval': '3ba',
+         'device_eval_batch_size': 8, 'eval_subset_num_batches': 1, 'max_duration': '6ba', 'save_interval': '3ba', 'scheduler.t_warmup': '2ba',
          'eval_interval': '6ba', 'eval_first': 'false', 'python_log_level': 'error', 'log_to_console': 'false',
          'callbacks.mfu_monitor.peak_flops': 1e12, 'code_paths': f"[{ROOT / 'bench' / 'resume_faults.py'}]"}
     cmd = [COMPOSER, '-n', '2', 'scripts/train.py', str(ROOT / 'yamls' / 'pretrain' / 'tiny-cpu.yaml'),

@@ -29,7 +29,7 @@ def _run(tok, mds, run_dir, ranks=1, workers=0, extra=()):
     args = [f'{k}={v}' for k, v in o.items()] + list(extra)
     launcher = [COMPOSER, '-n', str(ranks)] if ranks > 1 else [sys.executable]
     r = subprocess.run([*launcher, 'scripts/train.py', YAML, *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=1200)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return run_dir
 

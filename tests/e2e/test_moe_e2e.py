@@ -20,7 +20,7 @@ def test_tiny_moe_cpu_learns(tiny_tokenizer, tiny_mds, tmp_path):
          'python_log_level': 'warning', 'scheduler.t_warmup': '5ba', 'max_duration': '50ba',
          'eval_interval': '50ba', 'save_interval': '50ba', 'callbacks.moe_monitor.log_interval': 10}
     r = subprocess.run([sys.executable, 'scripts/train.py', YAML, *[f'{k}={v}' for k, v in o.items()]],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(x) for x in (run / 'metrics.jsonl').read_text().splitlines()]
     evals = {}

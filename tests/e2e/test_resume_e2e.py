@@ -17,7 +17,7 @@ def _cmd(tok, mds, run_dir):
     o = {'variables.tokenizer_dir': tok, 'variables.data_root': mds, 'variables.run_dir': run_dir,
          'variables.max_seq_len': TINY_SEQ, 'model.vocab_size': TINY_VOCAB, 'model.d_model': 32, 'model.n_heads': 2,
          'model.n_layers': 1, 'global_train_batch_size': 8, 'device_train_microbatch_size': 8,
-         'device_eval_batch_size': 8, 'eval_subset_num_batches': 1, 'max_duration': '8ba', 'save_interval': '4ba',
+         'device_eval_batch_size': 8, 'eval_subset_num_batches': 1, 'max_duration': '8ba', 'save_interval': '4ba', 'scheduler.t_warmup': '2ba',
          'eval_interval': '4ba', 'python_log_level': 'error', 'log_to_console': 'false',
          'callbacks.mfu_monitor.peak_flops': 1e12, 'code_paths': f'[{FAULTS}]'}
     return [sys.executable, 'scripts/train.py', YAML, *[f'{k}={v}' for k, v in o.items()]]

@@ -37,7 +37,7 @@ def test_single_process_run_learns_and_reports(tiny_tokenizer, tiny_mds, tmp_pat
     r = subprocess.run([sys.executable, 'scripts/train.py', YAML,
                         *_overrides(tiny_tokenizer, tiny_mds, run, max_duration='60ba', eval_interval='60ba',
                                     save_interval='60ba')],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     losses = _eval_losses(run)
     assert set(losses) == {'code', 'prose', 'arithmetic', 'records'}
@@ -67,7 +67,7 @@ def test_two_cpu_processes(tiny_tokenizer, tiny_mds, tmp_path):
     r = subprocess.run([composer, '-n', '2', 'scripts/train.py', YAML,
                         *_overrides(tiny_tokenizer, tiny_mds, run, max_duration='4ba', eval_interval='4ba',
                                     save_interval='4ba', precision='amp_bf16'), f'callbacks.gauntlet={gauntlet}'],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True, timeout=1200)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert out.count('fallback: precision amp_bf16 needs CUDA') == 1  # logged once, by rank 0

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from foundry_ext.errors import UserError
-from foundry_ext.validation import choice, did_you_mean, is_number, known_keys
+from foundry_ext.validation import did_you_mean, is_number, known_keys
 
 ADAPTIVE_KEYS = ('eta', 'ema', 'floor', 'update_every', 'lag', 'reference')
 

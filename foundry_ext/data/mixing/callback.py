@@ -20,22 +20,23 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 import numpy as np
 import torch
-from composer.core import Callback, Event, State
+from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
 from foundry_ext.data.mixing.config import MixLoggerConfig
+from foundry_ext.data.mixing.mixer import Mixer
 from foundry_ext.errors import UserError
 from foundry_ext.validation import parse
 
 log = logging.getLogger(__name__)
 
 
-def _find_mixture(state: State):
+def _find_mixture(state: State) -> tuple[Any, Mixer]:
     dl = state.train_dataloader
     ds = getattr(dl, 'dataset', None)
     mixer = getattr(ds, 'mixer', None)
@@ -62,12 +63,12 @@ class MixLogger(Callback):
         cfg = parse(MixLoggerConfig, options, 'callbacks.mix_logger')
         self.log_interval = cfg.log_interval
         self.record_samples = cfg.record_samples
-        self._mixer = None
-        self._loss_sum: Optional[torch.Tensor] = None
-        self._loss_cnt: Optional[torch.Tensor] = None
+        self._mixer: Optional[Mixer] = None
+        self._loss_sum = torch.zeros(0, dtype=torch.float64)   # per stream, sized in fit_start
+        self._loss_cnt = torch.zeros(0, dtype=torch.float64)
         self._last_counts: Optional[np.ndarray] = None
         self._epochs_logged: Optional[np.ndarray] = None
-        self._rec = None
+        self._rec: Optional[TextIO] = None
 
     def fit_start(self, state: State, logger: Logger) -> None:
         _, self._mixer = _find_mixture(state)
@@ -86,9 +87,9 @@ class MixLogger(Callback):
             return
         if self._rec is not None:
             step = int(state.timestamp.batch)
-            self._rec.write(json.dumps({'step': step, 'global_index': state.batch['global_index'].tolist(),
-                                        'stream': state.batch['domain'].tolist(), 'sample_id': state.batch['sample_id'].tolist()})
-                            + '\n')
+            rec = {'step': step, 'global_index': state.batch['global_index'].tolist(),
+                   'stream': state.batch['domain'].tolist(), 'sample_id': state.batch['sample_id'].tolist()}
+            self._rec.write(json.dumps(rec) + '\n')
             self._rec.flush()
 
     def after_forward(self, state: State, logger: Logger) -> None:

@@ -14,7 +14,7 @@ from foundry_ext.data.mixing.adaptive import AdaptiveConfig, parse_adaptive
 from foundry_ext.data.mixing.mixer import parse_shuffle
 from foundry_ext.data.mixing.schedule import Schedule, parse_schedule
 from foundry_ext.errors import UserError
-from foundry_ext.validation import known_keys, section
+from foundry_ext.validation import ConfigError, collect, known_keys, section
 
 STREAM_KEYS = ('local', 'remote', 'split')
 
@@ -69,10 +69,12 @@ class MixtureConfig:
     prefetch_factor: Optional[int] = None
     persistent_workers: Optional[bool] = None
     timeout: int = 0
+    cache_limit: Union[int, str, None] = None   # remote streams: local cache size cap, e.g. 10gb (LRU eviction)
     label: Optional[str] = None                 # eval_loaders entries
     name: str = 'mixture'
     # parsed once, in __post_init__
     stream_specs: dict[str, StreamSpec] = field(init=False)
+    cache_bytes: Optional[int] = field(init=False)
     plan: Schedule = field(init=False)
     shuffle_knobs: dict[str, Any] = field(init=False)
     adaptive_cfg: Optional[AdaptiveConfig] = field(init=False)
@@ -91,6 +93,30 @@ class MixtureConfig:
             raise UserError(f'{w}.drop_last must be true for the mixture loader (every batch is full)')
         if self.num_workers < 0:
             raise UserError(f'{w}.num_workers must be an integer >= 0, got {self.num_workers!r}')
+        self.cache_bytes = parse_bytes(self.cache_limit, f'{w}.cache_limit')
+        if self.cache_bytes is not None and not any(s.remote for s in self.stream_specs.values()):
+            raise UserError(f'{w}.cache_limit is set but no stream has a remote: only downloaded shards are evicted')
+
+
+_UNITS = {'b': 1, 'kb': 10 ** 3, 'mb': 10 ** 6, 'gb': 10 ** 9, 'tb': 10 ** 12,
+          'kib': 2 ** 10, 'mib': 2 ** 20, 'gib': 2 ** 30, 'tib': 2 ** 40}
+
+
+def parse_bytes(value: Union[int, str, None], where: str) -> Optional[int]:
+    """``10gb`` / ``512mib`` / an int number of bytes -> bytes (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        import re
+        m = re.match(r'^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$', str(value).lower())
+        if not m:
+            raise UserError(f'{where} {value!r} is not a size; write e.g. 10gb, 512mb or a number of bytes')
+        n = int(float(m.group(1)) * _UNITS[m.group(2) or 'b'])
+    if n <= 0:
+        raise UserError(f'{where} must be > 0, got {value!r}')
+    return n
 
 
 @dataclass
@@ -130,6 +156,13 @@ def read_stream_index(name: str, spec: StreamSpec) -> list[int]:
 
 
 def check_data(cfg: MixtureConfig) -> None:
-    """Every stream is a readable MDS dataset (or has a remote to fetch it from)."""
+    """Every stream is a whole MDS dataset (a remote one: its index fetched, its cached shards checked)."""
+    from foundry_ext.data.mds_check import check_stream
+    where = section('train_loader')
+    problems: list[str] = []
     for name, spec in cfg.stream_specs.items():
-        read_stream_index(name, spec)
+        if not spec.remote and collect(problems, read_stream_index, name, spec) is None:
+            continue                            # the friendlier lines for a folder that is not MDS at all
+        collect(problems, check_stream, spec.local, spec.remote, spec.split, f'{where}.streams.{name}')
+    if problems:
+        raise ConfigError(problems)

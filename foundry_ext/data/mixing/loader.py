@@ -40,6 +40,7 @@ import numpy as np
 from torch.utils.data.distributed import DistributedSampler
 
 from foundry_ext.data.mixing import mixer as mixing
+from foundry_ext.data.mixing.cache import ShardCache, shard_files, shard_lock, touch
 from foundry_ext.data.mixing.config import MixtureConfig, StreamSpec, read_stream_index
 from foundry_ext.errors import UserError
 
@@ -59,7 +60,7 @@ def _world() -> tuple[int, int]:
 class StreamReader:
     """Random access to one MDS stream through streaming's ``Stream`` and shard readers."""
 
-    def __init__(self, name: str, spec: StreamSpec):
+    def __init__(self, name: str, spec: StreamSpec, cache: Optional[ShardCache] = None):
         from streaming.base.stream import Stream
         from streaming.base.world import World
         self.name = name
@@ -76,6 +77,10 @@ class StreamReader:
             raise UserError(f'stream {name!r} is empty (0 samples); remove it or convert data into it')
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
         self._ready = [spec.remote is None] * len(self.shards)
+        self.folder = os.path.join(self.stream.local, self.stream.split or '')
+        self.cache = cache if spec.remote else None
+        if self.cache is not None:
+            self.cache.add(self.folder, self.shards)
 
         from streaming.base.format.mds.reader import MDSReader
         self._mds = [isinstance(sh, MDSReader) for sh in self.shards]
@@ -85,20 +90,58 @@ class StreamReader:
         k = int(np.searchsorted(self.offsets, idx, side='right')) - 1 if len(self.shards) > 1 else 0
         shard = self.shards[k]
         if not self._ready[k]:
-            raw = os.path.join(self.stream.local, self.stream.split or '', shard.raw_data.basename)
-            if not os.path.exists(raw):
-                self.stream.prepare_shard(shard)
-            self._ready[k] = True
+            self._prepare(k)
         i = int(idx - self.offsets[k])
         if not self._mds[k]:
             return shard.get_item(i)
         # MDSReader.get_sample_data, with the shard file kept open (pread) instead of reopened per sample
         fd = self._fds.get(k)
         if fd is None:
-            fd = self._fds[k] = os.open(os.path.join(self.stream.local, self.stream.split or '',
-                                                     shard.raw_data.basename), os.O_RDONLY)
+            fd = self._open(k)
         begin, end = np.frombuffer(os.pread(fd, 8, (1 + i) * 4), np.uint32)
         return shard.decode_sample(os.pread(fd, int(end - begin), int(begin)))
+
+    def _prepare(self, k: int) -> None:
+        """Download shard ``k`` of a remote stream into the cache (once per machine: a file lock)."""
+        shard = self.shards[k]
+        raw = os.path.join(self.folder, shard.raw_data.basename)
+        if not os.path.exists(raw):
+            with shard_lock(self.folder, shard.raw_data.basename):
+                if not os.path.exists(raw):
+                    if self.cache is not None:
+                        self.cache.make_room(sum(b for _, b in shard_files(shard)))
+                    try:
+                        self.stream.prepare_shard(shard)
+                    except Exception as e:  # noqa: BLE001 - each store's client raises its own types
+                        msg = ' '.join(str(e).split())[:200]
+                        raise UserError(f'stream {self.name!r}: cannot fetch shard {shard.raw_data.basename} from '
+                                        f'{self.stream.remote} ({type(e).__name__}: {msg})') from None
+                    size = os.path.getsize(raw)
+                    if size != shard.raw_data.bytes:
+                        os.remove(raw)
+                        raise UserError(f'stream {self.name!r}: shard {raw} arrived with {size} bytes, the index '
+                                        f'says {shard.raw_data.bytes}; the remote copy is damaged')
+        self._ready[k] = True
+
+    def _open(self, k: int) -> int:
+        """Open shard ``k`` for pread; drop descriptors of shards evicted since (their space returns)."""
+        path = os.path.join(self.folder, self.shards[k].raw_data.basename)
+        for j, fd in list(self._fds.items()):
+            if os.fstat(fd).st_nlink == 0:
+                os.close(fd)
+                del self._fds[j]
+                self._ready[j] = self.cache is None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            if self.stream.remote is None and self.shards[k].zip_data is None:
+                raise UserError(f'stream {self.name!r}: shard {path} is missing; restore it or re-convert') from None
+            self._prepare(k)          # compressed only, or evicted by another worker in between: fetch it again
+            fd = os.open(path, os.O_RDONLY)
+        if self.cache is not None:
+            touch(path)
+        self._fds[k] = fd
+        return fd
 
     def __getstate__(self):   # file descriptors are per process
         d = dict(self.__dict__)
@@ -205,7 +248,8 @@ def build_mixture(cfg: MixtureConfig, device_batch_size: int, rank: Optional[int
     r, w = _world()
     rank = r if rank is None else rank
     world = w if world is None else world
-    readers = [StreamReader(n, s) for n, s in cfg.stream_specs.items()]
+    cache = ShardCache(cfg.cache_bytes)
+    readers = [StreamReader(n, s, cache) for n, s in cfg.stream_specs.items()]
     seq_len = None
     for rd in readers:
         first = rd[0]

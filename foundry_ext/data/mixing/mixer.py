@@ -15,7 +15,8 @@ The pieces, each a plain object with a ``state_dict``:
   ``[r*G/W, (r+1)*G/W)`` of each, so every world size (and any number of DataLoader
   workers, which only read samples) sees the same global sequence. Its state is the
   position, the per-stream counts consumed, and the adaptive controller.
-* :class:`~foundry_ext.data.mixing.adaptive.Adaptive` (``adaptive.py``) -- optional online reweighting from per-stream training loss
+* :class:`~foundry_ext.data.mixing.adaptive.Adaptive` (``adaptive.py``) -- optional online reweighting
+  from per-stream training loss
   (exponentiated-gradient, as DoReMi / Group-DRO; excess over a reference loss when one is
   given), with EMA smoothing of the loss signal, a floor per stream, and a fixed ``lag``
   (in batches) between the step whose loss is seen and the first batch it affects, so
@@ -31,7 +32,7 @@ import numpy as np
 from foundry_ext.data.mixing.adaptive import Adaptive, AdaptiveConfig
 from foundry_ext.data.mixing.schedule import Schedule
 from foundry_ext.errors import UserError
-from foundry_ext.validation import choice, did_you_mean, is_number, known_keys
+from foundry_ext.validation import choice, known_keys
 
 SHUFFLE_PRESETS: dict[str, dict[str, Any]] = {
     # one permutation over (almost) the whole stream: best randomness; needs the stream's
@@ -62,7 +63,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 def derive_seed(*parts: int) -> int:
     """A 31-bit seed from integers (e.g. (seed, stream) for streaming's shuffles)."""
-    h = np.uint64(0x5EED)
+    h: np.ndarray | np.uint64 = np.uint64(0x5EED)
     for p in parts:
         h = _mix64(np.asarray(h ^ np.uint64(int(p) & _M64), dtype=np.uint64))
     return int(h) & 0x7FFFFFFF
@@ -163,7 +164,7 @@ class BatchPlan:
     stream: np.ndarray        # (G,)
     sample: np.ndarray        # (G,) sample id within its stream
 
-    def shard(self, rank: int, world: int) -> 'BatchPlan':
+    def shard(self, rank: int, world: int) -> BatchPlan:
         per = len(self.global_index) // world
         sl = slice(rank * per, (rank + 1) * per)
         return BatchPlan(self.batch, self.weights, self.global_index[sl], self.stream[sl], self.sample[sl])

@@ -92,7 +92,9 @@ def parse_schedule(cfg: Any, streams: Sequence[str], where: str = 'schedule') ->
     points = cfg.get('points')
     if not isinstance(points, list) or not points:
         raise UserError(f'{where}.points must be a non-empty list of {{at, weights}}')
-    ats, rows, notes = [], [], []
+    ats: list[float] = []
+    rows: list[np.ndarray] = []
+    notes: list[str] = []
     for i, p in enumerate(points):
         pw = f'{where}.points[{i}]'
         if not isinstance(p, dict) or set(p) - {'at', 'weights'} or 'weights' not in p:

@@ -36,8 +36,9 @@ def test_seal_writes_manifest_then_renames(tmp_path):
 
 def test_manifest_config_is_redacted(tmp_path):
     m = safeload.read_manifest(_sealed(tmp_path))
-    assert m['config'] == {'hf_token': '***', 'lr': 1.0}
-    assert integrity.redact({'a': [{'api_key': 'x'}], 'password': 3}) == {'a': [{'api_key': '***'}], 'password': 3}
+    assert m['config'] == {'hf_token': '<redacted>', 'lr': 1.0}
+    got = integrity.redact({'a': [{'api_key': 'xyz'}], 'tokenizer_name': 't'})
+    assert got == {'a': [{'api_key': '<redacted>'}], 'tokenizer_name': 't'}
 
 
 def test_truncated_and_flipped_checkpoints_are_one_line(tmp_path):

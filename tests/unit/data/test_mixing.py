@@ -6,16 +6,16 @@ import random
 import numpy as np
 import pytest
 
-from foundry_ext.data.mixing import mixer as mixing
 from foundry_ext.data.mixing import adaptive, schedule
+from foundry_ext.data.mixing import mixer as mixing
 from foundry_ext.data.mixing.config import MixtureConfig, read_stream_index
 from foundry_ext.data.mixing.loader import MixtureBatchSampler
+from foundry_ext.errors import UserError
 from foundry_ext.validation import parse
 
 
 def parse_config(loader):
     return parse(MixtureConfig, loader, 'train_loader')
-from foundry_ext.errors import UserError
 
 STREAMS = ['prose', 'code', 'math']
 SHARDS = [[50, 37], [64], [13, 9, 20]]      # small streams: epochs roll over in the tests
@@ -231,7 +231,7 @@ def test_exact_resumption_at_random_steps():
 def _fake_losses(m, step, keys):
     """Per-stream loss as a deterministic function of the batch: stream 0 hardest."""
     sums, cnts = np.zeros(3), np.zeros(3)
-    for s, i, g in keys:
+    for s, i, _g in keys:
         sums[s] += 3.0 - s + 0.01 * (i % 7)
         cnts[s] += 1
     m.adaptive.observe(step, sums, cnts)
@@ -301,7 +301,8 @@ def test_bad_streams_one_line_each(tiny_mds, tmp_path):
 
 def test_config_validate_reports_mixture_problems(tiny_mds, tiny_tokenizer):
     from foundry_ext.config.validate import validate
-    cfg = {'model': {'name': 'mpt_causal_lm'}, 'tokenizer': {'name': str(tiny_tokenizer)}, 'optimizer': {}, 'scheduler': {},
+    cfg = {'model': {'name': 'mpt_causal_lm'}, 'tokenizer': {'name': str(tiny_tokenizer)},
+           'optimizer': {'name': 'decoupled_adamw'}, 'scheduler': {'name': 'constant_with_warmup', 't_warmup': '0ba'},
            'max_duration': '10ba', 'max_seq_len': 64, 'global_train_batch_size': 8,
            'train_loader': _loader({'code': str(tiny_mds / 'code')})}
     validate(cfg)
