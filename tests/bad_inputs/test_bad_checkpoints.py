@@ -152,6 +152,125 @@ def test_bad_resume_options_are_one_line(run, capsys):
     _one_error(err, 'save_weights_only')
 
 
+def _zip_ckpt(folder, batch, sealed=True):
+    """A real torch (zip) checkpoint, sealed with a manifest or written as plain Composer does."""
+    import torch
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / f'ep0-ba{batch}-rank0.pt'
+    tmp = folder / f'.tmp-{p.name}'
+    torch.save({'state': {'model': {'w': torch.arange(4096, dtype=torch.float32) * batch}}}, tmp)
+    if sealed:
+        from foundry_ext.checkpoint import integrity
+        integrity.seal_file(tmp, p, timestamp={'epoch': 0, 'batch': batch, 'sample': 8 * batch})
+    else:
+        os.replace(tmp, p)
+    return p
+
+
+def _lines_naming(err, name):
+    """The console lines that mention ``name``; a fallback is said once, and is not an error."""
+    assert not [x for x in err.splitlines() if x.startswith('error:')], err
+    return [x for x in err.splitlines() if name in x]
+
+
+def _finished_at(err, step):
+    (line,) = [x for x in err.splitlines() if 'already finished' in x]
+    assert f'ep0-ba{step}-rank0.pt is at step {step}' in line, line
+
+
+def test_torn_write_is_removed_and_the_previous_checkpoint_used(run, capsys):
+    """A kill during a save leaves the half-written temp file (the final name is never torn)."""
+    r, argv = run
+    ck = r / 'checkpoints'
+    good = _zip_ckpt(ck, 4)
+    torn = ck / '.tmp-ep0-ba8-rank0.pt'
+    torn.write_bytes(_zip_ckpt(r / 'scratch', 8, sealed=False).read_bytes()[:3000])
+    good_bytes = good.read_bytes()
+    rc, err = _train(capsys, argv(max_duration='4ba'))
+    assert rc == 0, err
+    (line,) = _lines_naming(err, '.tmp-ep0-ba8-rank0.pt')
+    assert line.startswith('foundry_ext: removed ') and 'a checkpoint write that did not finish' in line
+    _finished_at(err, 4)
+    assert not torn.exists() and good.read_bytes() == good_bytes
+
+
+def test_wrong_sha_falls_back_to_the_previous_checkpoint(run, capsys):
+    r, argv = run
+    ck = r / 'checkpoints'
+    _zip_ckpt(ck, 4)
+    bad = _zip_ckpt(ck, 8)
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 0xFF      # one flipped byte: same size, other sha256
+    bad.write_bytes(bytes(data))
+    rc, err = _train(capsys, argv(max_duration='4ba'))
+    assert rc == 0, err
+    (line,) = _lines_naming(err, 'ep0-ba8-rank0.pt')
+    assert f'checkpoint {bad} is damaged: its sha256 does not match the manifest' in line
+    assert 'set it aside as ep0-ba8-rank0.pt.damaged, falling back' in line
+    _finished_at(err, 4)
+    assert (ck / 'ep0-ba8-rank0.pt.damaged').read_bytes() == bytes(data)           # kept, never deleted
+    assert (ck / 'ep0-ba8-rank0.pt.damaged.manifest.json').is_file()
+
+
+def test_torn_manifest_falls_back(run, capsys):
+    r, argv = run
+    ck = r / 'checkpoints'
+    _zip_ckpt(ck, 4)
+    bad = _zip_ckpt(ck, 8)
+    mp = ck / 'ep0-ba8-rank0.pt.manifest.json'
+    mp.write_text(mp.read_text()[:40])
+    rc, err = _train(capsys, argv(max_duration='4ba'))
+    assert rc == 0, err
+    (line,) = _lines_naming(err, 'ep0-ba8-rank0.pt')
+    assert f'checkpoint {bad}: its manifest ep0-ba8-rank0.pt.manifest.json is not readable' in line
+    assert 'falling back' in line
+    _finished_at(err, 4)
+
+
+def test_missing_manifest_intact_zip_is_used(run, capsys):
+    """A checkpoint without a manifest (plain Composer wrote it) is checked by its zip CRCs."""
+    r, argv = run
+    ck = r / 'checkpoints'
+    _zip_ckpt(ck, 4)
+    _zip_ckpt(ck, 8, sealed=False)
+    rc, err = _train(capsys, argv())
+    assert rc == 0, err
+    assert not [x for x in err.splitlines() if x.startswith('error:') or 'damaged' in x], err
+    _finished_at(err, 8)
+
+
+def test_missing_manifest_and_truncated_falls_back(run, capsys):
+    r, argv = run
+    ck = r / 'checkpoints'
+    _zip_ckpt(ck, 4)
+    bad = _zip_ckpt(ck, 8, sealed=False)
+    bad.write_bytes(bad.read_bytes()[:5000])
+    rc, err = _train(capsys, argv(max_duration='4ba'))
+    assert rc == 0, err
+    (line,) = _lines_naming(err, 'ep0-ba8-rank0.pt')
+    assert f'checkpoint {bad} is damaged or incomplete' in line and 'has no completion marker' in line
+    assert 'falling back' in line
+    _finished_at(err, 4)
+
+
+@pytest.mark.parametrize('kind,needle', [('truncated', 'is damaged or incomplete'),
+                                         ('crc', 'fails its CRC-32 check')])
+def test_load_path_without_manifest_damaged_is_one_line(run, capsys, tmp_path, kind, needle):
+    r, argv = run
+    p = _zip_ckpt(tmp_path / 'other', 8, sealed=False)
+    data = bytearray(p.read_bytes())
+    if kind == 'truncated':
+        data = data[:5000]
+    else:   # flip a byte inside the tensor data: the archive reads, the record's CRC does not match
+        data[data.index(b'data/0') + 200] ^= 0xFF
+    p.write_bytes(bytes(data))
+    before = tree_digest(r), p.read_bytes()
+    rc, err = _train(capsys, argv(load_path=p))
+    assert rc == 2
+    _one_error(err, str(p), needle)
+    assert (tree_digest(r), p.read_bytes()) == before
+
+
 @pytest.mark.slow
 def test_checkpoint_of_another_model_is_one_line(run, tmp_path):
     """A real Composer checkpoint of a d_model 32 model, loaded into a d_model 64 one."""
