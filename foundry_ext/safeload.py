@@ -135,8 +135,14 @@ def mark_verified(ckpt: str | os.PathLike) -> None:
 
 
 def verify(ckpt: str | os.PathLike, level: str = 'checksum') -> Optional[dict[str, Any]]:
-    """Check ``ckpt`` (a file or a sharded folder); its manifest, or None for a checkpoint written
-    without one whose zip CRCs check out. Raises :class:`CheckpointError` (one line) otherwise."""
+    """Check ``ckpt`` (a checkpoint file, a link to one, or a sharded checkpoint folder).
+
+    ``level``: ``'checksum'`` (sizes and sha256 against the manifest) or ``'size'`` (sizes only).
+    Returns the manifest (a dict), or None for a checkpoint written without one (plain Composer)
+    whose zip CRC-32s check out (or a tar / compressed / legacy-pickle file, left to the loader).
+    Raises :class:`CheckpointError` -- one line naming the file and what is wrong (missing, empty,
+    truncated, altered, unreadable manifest, not a torch checkpoint). A file verified once in this
+    process (same path, size and mtime) is not re-hashed. Stable public API."""
     p = Path(ckpt)
     if not p.exists():
         raise CheckpointError(f'checkpoint {p} does not exist' + (' (a dangling link)' if p.is_symlink() else ''))
@@ -217,7 +223,10 @@ _GLOBAL = re.compile(r'GLOBAL (\S+)')
 
 
 def safe_load(path: str | os.PathLike, map_location: Any = 'cpu', trusted: Iterable[str] = ()) -> Any:
-    """``torch.load(path, weights_only=True)`` with :data:`SAFE_GLOBALS` (+ ``trusted``) allowed."""
+    """``torch.load(path, map_location=..., weights_only=True)`` with :data:`SAFE_GLOBALS` (and the
+    dotted names in ``trusted``) allowed, nothing else unpickled. No verification (see
+    :func:`load_checkpoint`). Raises :class:`CheckpointError`: one line naming the file and, for a
+    disallowed object, its class and how to trust it. Stable public API."""
     import pickle
 
     import torch
@@ -250,8 +259,11 @@ SETTINGS: dict[str, Any] = {'verify': 'checksum', 'trusted_globals': ()}
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = 'cpu', verify_level: Optional[str] = None,
                     trusted: Optional[Iterable[str]] = None) -> Any:
-    """The one safe loader for every checkpoint foundry_ext reads: :func:`verify`, then
-    :func:`safe_load`. Raises :class:`CheckpointError` (one line naming the file)."""
+    """The one safe loader for every checkpoint foundry_ext reads: :func:`verify` (at
+    ``verify_level``, default :data:`SETTINGS` ``['verify']``), then :func:`safe_load` (with
+    ``trusted``, default :data:`SETTINGS` ``['trusted_globals']``). Returns what ``torch.load``
+    returns (Composer's ``{'state': ..., 'rng': ...}`` for its checkpoints). Raises
+    :class:`CheckpointError` (one line naming the file). Stable public API."""
     verify(path, verify_level or SETTINGS['verify'])
     return safe_load(path, map_location, SETTINGS['trusted_globals'] if trusted is None else trusted)
 
