@@ -103,8 +103,14 @@ def _fork_rank(rank: int, world: int, port: int, argv: list[str], fault: str, lo
         os._exit(code)
 
 
-def attempt(argv: list[str], procs: int, fault: str, log: Path, launch: str, timeout: float) -> tuple[int, str]:
-    """One run of the command; (exit code, negative = killed by that signal; its rank-0 stderr)."""
+def attempt(argv: list[str], procs: int, fault: str, log: Path, launch: str, timeout: float) -> tuple[int, str, float]:
+    """One run of the command; (exit code, negative = killed by that signal; its rank-0 stderr; seconds)."""
+    t0 = time.time()
+    rc, err = _attempt(argv, procs, fault, log, launch, timeout)
+    return rc, err, time.time() - t0
+
+
+def _attempt(argv: list[str], procs: int, fault: str, log: Path, launch: str, timeout: float) -> tuple[int, str]:
     if launch == 'subprocess':
         py = sys.executable
         cmd = [py, 'scripts/train.py', *argv] if procs == 1 else \
@@ -207,29 +213,32 @@ def run_sequence(kind: str, loader: str, procs: int, argv: list[str], run_dir: P
     shutil.rmtree(run_dir, ignore_errors=True)
     faults = plan(kind, n, seed, procs)
     sig = 'kill' if kind == 'kill' else 'term'
-    rows, ok_count = [], 0
+    rows, ok_count, spent = [], 0, 0.0
     pending = None    # the previous fault's row, judged by what the next attempt logs
     for i, fault in enumerate([*faults, None]):
         spec = ''
         if fault is not None:
             where, step, _ = fault
             spec = f'{sig}@{where}:{step}' + ('@rank1' if kind == 'term' and procs > 1 and where == 'step' else '')
-        rc, err = attempt(argv, procs, spec, logdir / f'{kind}-{loader}-{procs}-{i}.log', launch, timeout)
+        rc, err, secs = attempt(argv, procs, spec, logdir / f'{kind}-{loader}-{procs}-{i}.log', launch, timeout)
+        spent += secs
         m = re.search(r'resuming run \S+ from \S+ at step (\d+)', err)
         resumed = int(m.group(1)) if m else 0
         got, dups = read_raw(run_dir)
         match = all(ref.get(k) == v for k, v in got.items())
         if pending is not None:
             pending['resumed_from'] = resumed
+            pending['redone'] = pending['done'] - resumed     # steps trained again after this fault
             pending['identical'] = match and dups == 0
             if kind == 'term':
                 pending['nothing_lost'] = resumed == pending['stop_at']
         if fault is not None:
-            row = {'fault': spec, 'rc': rc, 'expect_rc': -9 if kind == 'kill' else 75}
+            row = {'fault': spec, 'rc': rc, 'expect_rc': -9 if kind == 'kill' else 75, 'done': int(fault[1])}
             if kind == 'term':
                 sm = re.search(r'stopped by SIG\w+ .*?at step (\d+)', err)
                 row['stop_at'] = int(sm.group(1)) if sm else None
                 row['stop_ok'] = row['stop_at'] == expected_stop(fault[0], fault[1])
+                row['done'] = row['stop_at'] if row['stop_at'] is not None else int(fault[1])
             rows.append(row)
             pending = row
         else:
@@ -240,7 +249,8 @@ def run_sequence(kind: str, loader: str, procs: int, argv: list[str], run_dir: P
             and final['rc'] == 0 and (kind == 'kill' or (r.get('stop_ok') and r.get('nothing_lost')))
         r['ok'] = bool(good)
         ok_count += r['ok']
-    return {'rows': rows, 'final': final, 'ok': ok_count, 'n': len(rows)}
+    return {'rows': rows, 'final': final, 'ok': ok_count, 'n': len(rows), 'secs': spent,
+            'redone': sum(r.get('redone', 0) for r in rows)}
 
 
 def main() -> int:
@@ -262,6 +272,7 @@ def main() -> int:
     logdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     data = build_data(work)
+    t_imports = time.time()
     if a.launch == 'fork':   # import once here; every attempt is a fork of this process
         import llmfoundry.command_utils.train  # noqa: F401
 
@@ -275,14 +286,15 @@ def main() -> int:
         import foundry_ext.runs.metrics  # noqa: F401
         import foundry_ext.stability.callback  # noqa: F401
         import foundry_ext.throughput.callback  # noqa: F401
+    t_imports = time.time() - t_imports   # what every real relaunch pays on top (fork mode skips it)
     results = []
     for loader in a.loaders:
         for procs in a.procs:
             ref_dir = work / f'ref-{loader}-{procs}'
             shutil.rmtree(ref_dir, ignore_errors=True)
             t = time.time()
-            rc, err = attempt(command(loader, data, ref_dir), procs, '', logdir / f'ref-{loader}-{procs}.log',
-                              a.launch, a.timeout)
+            rc, err, ref_secs = attempt(command(loader, data, ref_dir), procs, '',
+                                        logdir / f'ref-{loader}-{procs}.log', a.launch, a.timeout)
             if rc != 0:
                 print(f'reference run {loader} x{procs} failed (exit {rc}); see {logdir}', file=sys.stderr)
                 print('BENCH resume bit_identical=0 goal>=1.0 MISS')
@@ -295,23 +307,30 @@ def main() -> int:
                                 a.timeout, logdir)
             term = run_sequence('term', loader, procs, argv, run_dir, ref, ref_w, a.terms, a.seed, a.launch, a.timeout,
                                 logdir)
-            results.append((loader, procs, kill, term, time.time() - t))
+            for r in (kill, term):   # wall time a fault costs: the sequence's attempts minus one clean run
+                r['lost'] = (r['secs'] - ref_secs) / max(r['n'], 1)
+            results.append((loader, procs, kill, term, time.time() - t, ref_secs))
             for kind, r in (('SIGKILL', kill), ('SIGTERM', term)):
                 print(f'{loader:>11} x{procs} {kind}: {r["ok"]}/{r["n"]} bit-identical  '
                       + '  '.join(f'{x["fault"]}->{"ok" if x["ok"] else "FAIL"}(rc {x["rc"]}, resumed at '
                                   f'{x.get("resumed_from")}' + (f', stopped at {x["stop_at"]}' if 'stop_at' in x else '')
                                   + ')' for x in r['rows'])
-                      + f'  final weights {"equal" if r["final"]["weights"] else "DIFFER"}', flush=True)
+                      + f'  final weights {"equal" if r["final"]["weights"] else "DIFFER"}'
+                      + f'  steps redone {r["redone"]}, {r["lost"]:.1f} s lost per fault', flush=True)
     print()
-    print('| loader | procs | SIGKILL | SIGTERM (checkpoint at the signal step, nothing lost) | seconds |')
-    print('|---|---|---|---|---|')
+    print('| loader | procs | SIGKILL | SIGTERM (checkpoint at the signal step, nothing lost) | steps redone '
+          '(kill / term) | s lost per fault (kill / term) | clean run s | seconds |')
+    print('|---|---|---|---|---|---|---|---|')
     total = good = 0
-    for loader, procs, kill, term, secs in results:
+    for loader, procs, kill, term, secs, ref_secs in results:
         print(f'| {loader} | {procs} | {kill["ok"]}/{kill["n"]} bit-identical | {term["ok"]}/{term["n"]} bit-identical '
+              f'| {kill["redone"]} / {term["redone"]} | {kill["lost"]:.1f} / {term["lost"]:.1f} | {ref_secs:.0f} '
               f'| {secs:.0f} |')
         total += kill['n'] + term['n']
         good += kill['ok'] + term['ok']
     print(f'\n{good}/{total} bit-identical ({time.time() - t0:.0f} s; logs in {logdir})')
+    if a.launch == 'fork':
+        print(f'(fork mode: a real relaunch also pays the imports, {t_imports:.0f} s here, per fault)')
     frac = good / total if total else 0.0
     print(f'BENCH resume bit_identical={frac:.3f} goal>=1.000 {"PASS" if total and good == total else "MISS"}')
     return 0

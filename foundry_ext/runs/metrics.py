@@ -41,6 +41,7 @@ class MetricsJsonlLogger(LoggerDestination):
         self._base: Optional[int] = None           # file length when this process first opened it
         self._resume: Optional[dict[str, Any]] = None
         self._live = False   # the Trainer has loaded (after_load): this run's outputs may change the folder
+        self._eval_start: Optional[int] = None   # file length when the evaluation in progress began
 
     def _open(self) -> Optional[TextIO]:
         if self._file is None and dist.get_global_rank() == 0:
@@ -56,7 +57,19 @@ class MetricsJsonlLogger(LoggerDestination):
             return {}
         if self._file is not None:
             self._file.flush()
-        return {'path': str(self.path.resolve()), 'bytes': self.path.stat().st_size if self.path.exists() else 0}
+        size = self.path.stat().st_size if self.path.exists() else 0
+        # A checkpoint written in the middle of an evaluation (a preemption stop) ends before it: the
+        # next start replays the whole round, so the metrics of its finished evaluators are not kept twice.
+        return {'path': str(self.path.resolve()), 'bytes': size if self._eval_start is None else self._eval_start}
+
+    def eval_before_all(self, state, logger) -> None:
+        if dist.get_global_rank() == 0:
+            if self._file is not None:
+                self._file.flush()
+            self._eval_start = self.path.stat().st_size if self.path.exists() else 0
+
+    def eval_after_all(self, state, logger) -> None:
+        self._eval_start = None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = dict(state)

@@ -40,6 +40,31 @@ def test_logger_cuts_what_was_logged_after_the_checkpoint(tmp_path):
     assert _steps(path) == [0, 1]
 
 
+def test_checkpoint_during_an_evaluation_ends_before_it(tmp_path):
+    """A preemption stop saves in the middle of an eval round; the next start replays the whole round,
+    so the metrics of the evaluators that finished before the stop must not be kept twice."""
+    from foundry_ext.runs.metrics import MetricsJsonlLogger
+    a = MetricsJsonlLogger(folder=str(tmp_path))
+    a.after_load(None, None)
+    a.log_metrics({'loss/train/total': 1.0}, step=4)
+    a.eval_before_all(None, None)
+    a.log_metrics({'metrics/eval/code/LanguageCrossEntropy': 3.0}, step=4)   # first evaluator done
+    saved = a.state_dict()                                                  # stopped during the second
+    b = MetricsJsonlLogger(folder=str(tmp_path))
+    b.load_state_dict(saved)
+    b.after_load(None, None)
+    b.eval_before_all(None, None)                                           # the replayed round
+    for label in ('code', 'prose'):
+        b.log_metrics({f'metrics/eval/{label}/LanguageCrossEntropy': 3.0}, step=4)
+    b.eval_after_all(None, None)
+    assert b.state_dict()['bytes'] == (tmp_path / 'metrics.jsonl').stat().st_size   # after the round: all
+    b.close(None, None)
+    rows = [json.loads(x) for x in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert [sorted(r) for r in rows] == [['loss/train/total', 'step'],
+                                         ['metrics/eval/code/LanguageCrossEntropy', 'step'],
+                                         ['metrics/eval/prose/LanguageCrossEntropy', 'step']]
+
+
 def test_reader_keeps_one_value_per_step_of_older_files(tmp_path):
     rows = [{'step': s, 'loss/train/total': s} for s in range(8)]           # killed after step 7
     rows += [{'step': 4, 'metrics/eval/code/LanguageCrossEntropy': 3.0}]  # eval at 4 (kept: not re-logged)
