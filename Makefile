@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 CORPUS_MB ?= 8
 DATA      ?= data
 
-.PHONY: venv data demo test test-fast lint schema bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet bench-models bench-mix bench-resume
+.PHONY: venv data demo test test-fast lint schema bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet bench-models bench-mix bench-resume bench-plan
 
 venv: $(STAMP)
 
@@ -93,6 +93,13 @@ bench-models: $(STAMP)
 
 bench: bench-models
 bench: bench-mix
+
+# Planner: predicted vs measured peak memory of real training steps (CPU; --device cuda on a GPU), and
+# LLM Foundry's published MPT runs judged to fit where they ran.
+bench-plan: $(STAMP)
+	$(BIN)/python bench/plan_published.py
+	$(BIN)/python bench/plan_accuracy.py
+bench: bench-plan
 
 bench-mix: $(STAMP) data
 	$(BIN)/python bench/mixing.py

@@ -28,11 +28,17 @@ def _prep(argv: list[str]) -> int:
     return main(argv)
 
 
+def _plan(argv: list[str]) -> int:
+    from foundry_ext.commands.plan import main
+    return main(argv)
+
+
 # verbs whose options belong to the command they call (argparse would eat their key=value / --flags)
 PASS_THROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
     'train': (_train, 'train a model: <config.yaml> [key=value ...] (as composer scripts/train.py)'),
     'eval': (_eval, 'run a gauntlet: <eval.yaml> [key=value ...] (as composer scripts/eval.py)'),
     'prep': (_prep, 'convert data to MDS: text | jsonl | hf | sft [options] (as data_prep/*.py)'),
+    'plan': (_plan, 'will it fit, how long, how much: <config.yaml> [key=value ...] --gpu NAME --gpus N (--diff a b)'),
 }
 
 

@@ -38,6 +38,7 @@ def prepare(argv: list[str]) -> dict[str, Any]:
     notes = apply_fallbacks(cfg, cuda=torch.cuda.is_available(), flash_attn=has_flash_attn(),
                             world_size=env.world_size())
     _say(*(f'fallback: {n}' for n in notes))
+    _plan_summary(cfg)
     return cfg
 
 
@@ -57,6 +58,12 @@ def _decide(cfg: dict[str, Any], settings: Any) -> Any:
     box: list[Any] = [decide(cfg, settings) if env.rank() == 0 else Decision()]
     tdist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _plan_summary(cfg: dict[str, Any]) -> None:
+    """The planner's one line (rank 0, on a known device: GPUs); silent on CPU."""
+    from foundry_ext.plan.summary import print_summary
+    print_summary(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,17 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 PRECISION_KEY = {'fp32': 'fp32', 'amp_fp16': 'fp16', 'amp_bf16': 'bf16', 'amp_fp8': 'fp8', 'tf32': 'tf32',
                  'bf16': 'bf16', 'fp16': 'fp16', 'fp8': 'fp8'}
 
+# Memory of one device as torch sees it (torch.cuda.get_device_properties().total_memory, the "total
+# capacity" CUDA out-of-memory messages quote; approximate, GiB), per name `foundry-ext plan --gpu`
+# accepts; each maps to its PEAK_FLOPS row. Names sold in two sizes (a100, v100) need the size. At
+# training time the planner reads the real total from torch instead.
+GPU_MEMORY_GIB: dict[str, float] = {
+    'h100-sxm': 79.11, 'h100-pcie': 79.11, 'h200': 139.8, 'b200': 178.4,
+    'a100-80gb': 79.15, 'a100-40gb': 39.39, 'l40s': 44.5, 'a10g': 22.2, 'l4': 22.0,
+    'v100-32gb': 31.75, 'v100-16gb': 15.78, 't4': 14.75, 'mi300x': 191.98,
+}
+_GPU_PEAK_KEY = {'a100-80gb': 'a100', 'a100-40gb': 'a100', 'v100-32gb': 'v100', 'v100-16gb': 'v100'}
+
 
 def device_key(name: str) -> str | None:
     """Map a device name (``torch.cuda.get_device_name()`` or a table key) to a table key."""
@@ -144,3 +155,31 @@ def peak_flops(precision: str = 'fp32', device: str | None = None, peak: float |
         except UserError:
             pass  # precision missing for this device: measure it
     return probe_peak(probe_device, precision), f'probe:{detected or probe_device}'
+
+
+def gpu_key(name: str) -> str:
+    """A GPU name (``--gpu`` value, ``torch.cuda.get_device_name()`` or LLM Foundry's ``h100_80gb``) ->
+    a :data:`GPU_MEMORY_GIB` key; UserError (one line, the known names) when unknown or ambiguous."""
+    n = name.lower().replace('_', '-').replace(' ', '-')
+    if n in GPU_MEMORY_GIB:
+        return n
+    for fam in ('a100', 'v100'):
+        if fam in n:
+            for size in ('80gb', '40gb', '32gb', '16gb'):
+                if size in n and f'{fam}-{size}' in GPU_MEMORY_GIB:
+                    return f'{fam}-{size}'
+            sizes = sorted(k for k in GPU_MEMORY_GIB if k.startswith(fam))
+            raise UserError(f'GPU {name!r} comes in several memory sizes; say which: {", ".join(sizes)}')
+    key = device_key(name)
+    if key is not None and key in GPU_MEMORY_GIB:
+        return key
+    raise UserError(f'unknown GPU {name!r}; known: {", ".join(GPU_MEMORY_GIB)}')
+
+
+def gpu_memory_bytes(key: str) -> float:
+    return GPU_MEMORY_GIB[key] * 2 ** 30
+
+
+def gpu_peak_key(key: str) -> str:
+    """The PEAK_FLOPS row of a :data:`GPU_MEMORY_GIB` key."""
+    return _GPU_PEAK_KEY.get(key, key)
