@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 CORPUS_MB ?= 8
 DATA      ?= data
 
-.PHONY: venv data demo test test-fast lint schema bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet bench-models bench-mix bench-plan
+.PHONY: venv data demo test test-fast lint schema bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet bench-models bench-mix bench-resume bench-plan
 
 venv: $(STAMP)
 
@@ -103,6 +103,11 @@ bench: bench-plan
 
 bench-mix: $(STAMP) data
 	$(BIN)/python bench/mixing.py
+
+# Kill / SIGTERM a tiny run at fixed points, re-run it, compare with an uninterrupted run (docs/reliability.md).
+bench: bench-resume
+bench-resume: $(STAMP)
+	$(BIN)/python bench/resume.py
 
 clean-data:
 	rm -rf $(DATA) runs

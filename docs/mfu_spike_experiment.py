@@ -35,6 +35,7 @@ POISON, LR_STEP = 40, 65
 def run(name: str, spec: dict, out: Path, batches: int, extra: list[str]) -> Path:
     rd = out / name.replace(' ', '_')
     o = {'run_name': rd.name, 'variables.run_dir': str(rd), 'max_duration': f'{batches}ba',
+         'autoresume': 'false', 'save_overwrite': 'true',   # each experiment starts over in its folder
          'eval_interval': f'{batches}ba', 'eval_first': 'false', 'save_interval': '10ba',
          'save_num_checkpoints_to_keep': 3, 'callbacks.loss_spike_guard.stop_after': 1000,
          'callbacks.loss_spike_guard.recover_steps': 10, 'python_log_level': 'warning',

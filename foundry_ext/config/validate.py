@@ -49,6 +49,8 @@ OWNERS: dict[tuple[str, str], tuple[str, ...]] = {
     ('callback', 'moe_monitor'): ('foundry_ext.models.config:MoEMonitorConfig',),
     ('callback', 'gauntlet'): ('foundry_ext.gauntlet.config:GauntletCallbackConfig',
                                'foundry_ext.gauntlet.config:check_callback_files'),
+    ('callback', 'checkpoint_integrity'): ('foundry_ext.checkpoint.config:CheckpointIntegrityConfig',),
+    ('callback', 'preemption'): ('foundry_ext.checkpoint.config:PreemptionConfig',),
     ('callback', 'data_fingerprint'): ('foundry_ext.data.fingerprint:DataFingerprintConfig',),
     ('loader', 'mixture'): ('foundry_ext.data.mixing.config:MixtureConfig',
                             'foundry_ext.data.mixing.config:check_data'),

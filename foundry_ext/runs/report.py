@@ -18,16 +18,36 @@ TRAIN_LOSS = 'loss/train/total'
 
 
 def read_metrics(path: Path) -> list[dict]:
-    rows = []
+    """The rows of a ``metrics.jsonl``, one run's worth: when a run was resumed without the logger
+    cutting what an earlier attempt logged past the checkpoint (files from before that), the
+    rows past the restart point are dropped and each (step, metric) keeps its last value."""
+    rows: list[dict] = []
+    top = None
     with open(path, encoding='utf-8') as f:
         for line in f:
             line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    continue  # a line cut by a crash; the rest is still good
-    return rows
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash; the rest is still good
+            if not isinstance(row, dict):
+                continue
+            step = row.get('step')
+            if isinstance(step, int):
+                if top is not None and step < top:   # a restart from an earlier checkpoint
+                    rows = [r for r in rows if not (isinstance(r.get('step'), int) and r['step'] > step)]
+                top = step if top is None or step < top else max(top, step)
+            rows.append(row)
+    seen: set = set()
+    out = []
+    for row in reversed(rows):   # last value wins for each (step, metric)
+        keep = {k: v for k, v in row.items() if k == 'step' or (row.get('step'), k) not in seen}
+        seen.update((row.get('step'), k) for k in row if k != 'step')
+        if len(keep) > 1 or len(row) == 1:
+            out.append(keep)
+    return out[::-1]
 
 
 def summarize(rows: list[dict]) -> dict:

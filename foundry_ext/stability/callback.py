@@ -31,6 +31,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
+from foundry_ext import safeload
 from foundry_ext.errors import UserError
 from foundry_ext.stability.config import InjectSpikeConfig, LossSpikeGuardConfig
 from foundry_ext.stability.spike import Decision, SpikeGuard, SpikeStop
@@ -57,6 +58,15 @@ def _params(state: State):
     for opt in state.optimizers:
         for group in opt.param_groups:
             yield from group['params']
+
+
+def _saved_batch(path: Any, default: int) -> int:
+    try:
+        m = safeload.read_manifest(path)
+    except UserError:
+        m = None
+    ts = (m or {}).get('timestamp') or {}
+    return int(ts['batch']) if isinstance(ts.get('batch'), int) else default
 
 
 def _checkpoint_saver(state: State):
@@ -101,7 +111,8 @@ class LossSpikeGuard(Callback):
         saver = _checkpoint_saver(state)
         if saver is not None:  # checkpoints saved since the last batch were saved at this timestamp
             for p in saver.saved_checkpoints:
-                self._ckpts.setdefault(str(p), int(state.timestamp.batch))
+                if str(p) not in self._ckpts:   # a sealed checkpoint knows its own step (older ones of a resumed run)
+                    self._ckpts[str(p)] = _saved_batch(p, int(state.timestamp.batch))
 
     def before_train_batch(self, state: State, logger: Logger) -> None:
         self._loss_acc, self._samples, self._gsq = None, 0, None
@@ -211,7 +222,13 @@ class LossSpikeGuard(Callback):
             self.guard.rollback_done(False)
             return
         path, ckpt_batch = choice
-        sd = torch.load(path, map_location='cpu', weights_only=False)['state']
+        try:
+            sd = safeload.load_checkpoint(path, map_location='cpu')['state']   # verified, weights_only
+        except UserError as e:   # damaged since it was written: skip the step instead
+            if dist.get_global_rank() == 0:
+                log.warning(f'loss_spike_guard: rollback at step {step} skipped: {e}')
+            self.guard.rollback_done(False)
+            return
         sd.pop('algorithms', None)
         state.load_model_state(sd, logger, strict=True)
         state.load_optim_state(sd)

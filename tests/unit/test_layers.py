@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parents[2] / 'foundry_ext'
 
 # Floors, lowest first. A module may import from its own floor and below, never above.
 FLOORS = [
-    {'errors', 'atomic', 'validation', 'env'},                          # ground floor
+    {'errors', 'atomic', 'validation', 'env', 'safeload'},              # ground floor
     {'prep', 'data', 'models', 'throughput', 'stability', 'runs'},      # stages and feature packages
     {'gauntlet', 'finetune', 'checkpoint', 'plan'},                     # features built on those
     {'config'},                                                         # validation dispatch over all owners
