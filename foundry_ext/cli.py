@@ -71,6 +71,11 @@ def _mixplot(a: argparse.Namespace) -> None:
     print(f'mix plot: {plot_mix(a.run_dir, a.out)}')
 
 
+def _export(a: argparse.Namespace) -> None:
+    from foundry_ext.commands.export import run
+    run(a)
+
+
 def _fmt(n: int) -> str:
     return f'{n:,} ({n / 1e9:.2f}B)' if n >= 1e8 else f'{n:,} ({n / 1e6:.2f}M)'
 
@@ -130,6 +135,11 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument('run_dir', help='run folder with metrics.jsonl (or the file itself)')
     m.add_argument('--out', default=None, help='PNG path (default <run_dir>/mix_weights.png)')
     m.set_defaults(fn=_mixplot)
+
+    x = sub.add_parser('export', help='a Composer checkpoint or run folder -> a verified Hugging Face model folder')
+    from foundry_ext.commands.export import add_arguments
+    add_arguments(x)
+    x.set_defaults(fn=_export)
 
     q = sub.add_parser('params', help='total / active parameters of the model in training yamls')
     q.add_argument('yamls', nargs='+')

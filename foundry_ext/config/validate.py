@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from foundry_ext.checkpoint.hf import HF_MODELS, model_vocab_size
 from foundry_ext.config.schema import ATTN_KEYS, MPT_KEYS, TRAIN_KEYS
 from foundry_ext.errors import UserError
 from foundry_ext.models.config import ATTN_IMPLS, FOUNDRY_MPT
@@ -51,6 +52,7 @@ OWNERS: dict[tuple[str, str], tuple[str, ...]] = {
     ('loader', 'corpus_text'): ('foundry_ext.data.corpus_text:CorpusTextConfig',
                                 'foundry_ext.data.corpus_text:check_data'),
     ('ffn', 'torch_dmoe'): ('foundry_ext.models.config:MoEConfig',),
+    ('callback', 'model_check'): ('foundry_ext.checkpoint.fit:ModelCheckConfig',),
 }
 
 
@@ -125,15 +127,12 @@ def _check_mpt(model: dict, problems: list[str]) -> None:
 
 
 def _check_hf(model: dict, problems: list[str]) -> None:
-    src = model.get('pretrained_model_name_or_path')
-    if not isinstance(src, str):
-        problems.append('model.pretrained_model_name_or_path is required for hf_causal_lm '
-                        '(a local model/config folder)')
-    elif is_local_path(src) and not Path(src).expanduser().exists():
-        problems.append(f'model.pretrained_model_name_or_path: folder {src} does not exist')
-    elif not Path(src).expanduser().exists() and offline():
-        problems.append(f'model.pretrained_model_name_or_path {src!r} is not a local folder and the hub '
-                        'is off (HF_HUB_OFFLINE=1); point it at a local model folder')
+    """The source folder (config, weights, custom code; hub names offline) and ``peft_config``'s keys."""
+    from foundry_ext.checkpoint.hf import folder_problems
+    problems += folder_problems(model)
+    if isinstance(model.get('peft_config'), dict):
+        from foundry_ext.finetune.lora import LoraOptions
+        collect(problems, parse, LoraOptions, model['peft_config'], 'model.peft_config')
 
 
 MODEL_CHECKS: dict[str, Callable[[dict, list[str]], None]] = {
@@ -170,11 +169,18 @@ def _check_tokenizer(cfg: dict, problems: list[str]) -> None:
                             '(HF_HUB_OFFLINE=1); build one with `foundry-ext tokenizer`')
         return
     vocab = tokenizer_vocab_size(path)
-    model = cfg.get('model') if isinstance(cfg.get('model'), dict) else {}
-    mv = model.get('vocab_size')
+    model: dict[str, Any] = cfg['model'] if isinstance(cfg.get('model'), dict) else {}
+    mv = model_vocab_size(model)
     if vocab is not None and isinstance(mv, int) and vocab > mv:
-        problems.append(f'tokenizer {name} has {vocab} tokens but model.vocab_size is {mv}; '
-                        f'set model.vocab_size >= {vocab} (a multiple of 64 is fastest)')
+        if model.get('name') in HF_MODELS:
+            if not model.get('allow_embedding_resizing'):
+                problems.append(f"tokenizer {name} has {vocab} tokens but the model's embedding "
+                                f"({model.get('pretrained_model_name_or_path')}) has {mv} rows; use the model's own "
+                                'tokenizer, or set model.allow_embedding_resizing: true to add rows (randomly '
+                                'initialised)')
+        else:
+            problems.append(f'tokenizer {name} has {vocab} tokens but model.vocab_size is {mv}; '
+                            f'set model.vocab_size >= {vocab} (a multiple of 64 is fastest)')
 
 
 def _check_foundry_loader(loader: dict, where: str, problems: list[str]) -> None:
