@@ -270,12 +270,14 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> ExportRes
         if peft:
             source_folder = _base_folder(ck, opts)
             src = _peft_source(ck, source_folder)
+            kind = 'merged' if opts.merge else 'adapter'
             arch = 'merged ' + type(src.get_base_model()).__name__ if opts.merge else 'LoRA adapter'
         elif cfg.get('model_type') == 'mpt':
             blockers = llama_blockers(cfg, ck.weights)
             if opts.arch == 'llama' and blockers:
                 raise UserError(f"--arch llama: this MPT does not map onto Llama: {'; '.join(blockers)}")
-            arch = 'LlamaForCausalLM' if not blockers and opts.arch != 'mpt' else 'MPTForCausalLM'
+            kind = 'llama' if not blockers and opts.arch != 'mpt' else 'mpt'
+            arch = 'LlamaForCausalLM' if kind == 'llama' else 'MPTForCausalLM'
             if blockers:
                 notes.append(f"not Llama-compatible ({'; '.join(blockers)}): written as LLM Foundry's MPT classes")
             src = _mpt_source(ck)
@@ -283,7 +285,7 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> ExportRes
             if opts.merge:
                 raise UserError(f'{ck.path}: --merge is for LoRA checkpoints; this one has no adapter')
             src = _hf_source(ck)
-            arch = type(src).__name__
+            kind, arch = 'hf', type(src).__name__
             name = cfg.get('_name_or_path')
             source_folder = Path(name) if name and Path(name).is_dir() else None
         ids = V.probe_ids(tok, int(getattr(src.config, 'vocab_size', len(tok))))
@@ -296,19 +298,19 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> ExportRes
         else:
             ref = V.reference(src, ids) if opts.verify else None
         with atomic_dir(out, overwrite=opts.overwrite) as tmp:
-            if peft and opts.merge:
+            if kind == 'merged':
                 merged = src.merge_and_unload()
                 merged.to(dtype).save_pretrained(str(tmp), safe_serialization=True)
                 del merged
-            elif peft:
+            elif kind == 'adapter':
                 src.peft_config['default'].base_model_name_or_path = str(source_folder)
                 src.to(dtype).save_pretrained(str(tmp), safe_serialization=True)
-            elif arch == 'LlamaForCausalLM':
+            elif kind == 'llama':
                 try:
                     _write_llama(src, ck, tok, dtype, tmp)
                 except (ValueError, RuntimeError) as e:
                     raise UserError(f'{ck.path}: cannot convert to Llama: {" ".join(str(e).split())[:240]}') from None
-            elif arch == 'MPTForCausalLM':
+            elif kind == 'mpt':
                 _write_mpt(src, ck, dtype, tmp)
             else:
                 src.to(dtype).save_pretrained(str(tmp), safe_serialization=True)
@@ -316,10 +318,10 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> ExportRes
             notes += tok_notes
             del src
             out_tok.save_pretrained(str(tmp))
-            if not (peft and not opts.merge):
+            if kind != 'adapter':
                 _generation_config(tok, source_folder).save_pretrained(str(tmp))
-            verdict = _verify(tmp, ref, tok, peft and not opts.merge, source_folder, arch, opts) if ref else None
-            hint = _load_hint(out, arch, source_folder)
+            verdict = _verify(tmp, ref, tok, kind, source_folder, opts) if ref else None
+            hint = _load_hint(out, kind, source_folder)
             (tmp / 'foundry_export.json').write_text(json.dumps({
                 'source': str(ck.path), 'sharded': ck.sharded, 'architecture': arch, 'dtype': dname,
                 'verification': verdict.__dict__ if verdict else None, 'dtype_kl': dtype_kl, 'load': hint},
@@ -327,16 +329,16 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> ExportRes
     return ExportResult(out, ck.path, arch, dname, verdict, dtype_kl, hint, notes, time.perf_counter() - t0)
 
 
-def _verify(tmp: Path, ref: V.Reference, tok: Any, adapter: bool, base: Optional[Path], arch: str,
+def _verify(tmp: Path, ref: V.Reference, tok: Any, kind: str, base: Optional[Path],
             opts: ExportOptions) -> V.Verdict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
-        if adapter:
+        if kind == 'adapter':
             from peft import PeftModel
             model = PeftModel.from_pretrained(
                 AutoModelForCausalLM.from_pretrained(str(base), torch_dtype=torch.float32), str(tmp))
-        elif arch == 'MPTForCausalLM':
+        elif kind == 'mpt':
             # transformers names the dynamic module after the folder; the hidden temp name is no module name
             with tempfile.TemporaryDirectory() as d:
                 link = Path(d) / 'foundry_export_check'
@@ -363,11 +365,11 @@ def _verify(tmp: Path, ref: V.Reference, tok: Any, adapter: bool, base: Optional
     return verdict
 
 
-def _load_hint(out: Path, arch: str, base: Optional[Path]) -> str:
-    if arch == 'LoRA adapter':
+def _load_hint(out: Path, kind: str, base: Optional[Path]) -> str:
+    if kind == 'adapter':
         return (f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{base}'), '{out}') "
                 '(or --merge for one folder)')
-    if arch == 'MPTForCausalLM':
+    if kind == 'mpt':
         return (f"AutoModelForCausalLM.from_pretrained('{out}', trust_remote_code=True): the folder carries LLM "
                 "Foundry's MPT code (flattened); it needs torch, transformers and einops, not llm-foundry "
                 '(flash attention also needs flash-attn)')

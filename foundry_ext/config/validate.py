@@ -173,11 +173,12 @@ def _check_tokenizer(cfg: dict, problems: list[str]) -> None:
     mv = model_vocab_size(model)
     if vocab is not None and isinstance(mv, int) and vocab > mv:
         if model.get('name') in HF_MODELS:
+            fix = (f'set model.config_overrides.vocab_size: {vocab} (or more)' if model.get('pretrained') is False
+                   else "use the model's own tokenizer, or set model.allow_embedding_resizing: true to add rows "
+                        '(randomly initialised)')
             if not model.get('allow_embedding_resizing'):
                 problems.append(f"tokenizer {name} has {vocab} tokens but the model's embedding "
-                                f"({model.get('pretrained_model_name_or_path')}) has {mv} rows; use the model's own "
-                                'tokenizer, or set model.allow_embedding_resizing: true to add rows (randomly '
-                                'initialised)')
+                                f"({model.get('pretrained_model_name_or_path')}) has {mv} rows; {fix}")
         else:
             problems.append(f'tokenizer {name} has {vocab} tokens but model.vocab_size is {mv}; '
                             f'set model.vocab_size >= {vocab} (a multiple of 64 is fastest)')
