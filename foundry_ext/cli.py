@@ -57,7 +57,7 @@ def _tokenizer(a: argparse.Namespace) -> None:
 
 def _report(a: argparse.Namespace) -> None:
     from foundry_ext.runs.report import write_report
-    print(f'report: {write_report(a.run_dir, mds_root=a.mds)}')
+    print(f'report: {write_report(a.run_dir, mds_root=a.mds, new_domains=a.new)}')
 
 
 def _eval_data(a: argparse.Namespace) -> None:
@@ -129,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser('report', help='markdown + loss-curve PNG for a training run folder')
     r.add_argument('run_dir')
     r.add_argument('--mds', default=None, help='MDS root, for the unigram baselines')
+    r.add_argument('--new', nargs='+', default=None, metavar='DOMAIN',
+                   help='continued runs: the eval domain(s) this run adds (default: variables.new_domains)')
     r.set_defaults(fn=_report)
 
     m = sub.add_parser('mixplot', help='planned vs realized mixture weights of a run -> PNG (mixture loader runs)')

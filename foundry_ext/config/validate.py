@@ -155,6 +155,10 @@ def _check_tokenizer(cfg: dict, problems: list[str]) -> None:
     if not isinstance(tok, dict):
         return
     name = tok.get('name')
+    model_cfg = cfg.get('model')
+    model_src = model_cfg.get('pretrained_model_name_or_path') if isinstance(model_cfg, dict) else None
+    if isinstance(name, str) and name == model_src and not Path(name).expanduser().exists():
+        return  # the model folder's own tokenizer: its absence is reported once, under model
     if not isinstance(name, str):
         problems.append('tokenizer.name is missing; point it at a tokenizer folder '
                         '(build one with `foundry-ext tokenizer`)')
@@ -256,6 +260,10 @@ def problems_of(cfg: dict[str, Any]) -> list[str]:
         if isinstance(ev, dict) and 'label' not in ev:
             problems.append(f'eval_loaders[{i}].label is missing; each of several eval loaders needs a label')
     _check_callbacks(cfg, problems)
+    lp = cfg.get('load_path')
+    if isinstance(lp, str) and '://' not in lp and not Path(lp).expanduser().exists():
+        problems.append(f'load_path: checkpoint {lp} does not exist; train that run first or point at its '
+                        'checkpoints/latest-rank0.pt (a .pt file or a sharded ep*-ba* folder)')
     return problems
 
 
