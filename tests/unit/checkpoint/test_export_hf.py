@@ -30,7 +30,7 @@ def _hf_model(tok, base, peft=None):
     model = build_composer_model(name='hf_causal_lm', cfg=cfg, tokenizer=tok)
     torch.manual_seed(2)
     with torch.no_grad():      # "training": adapters (B starts at 0) or every weight moves
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     return model

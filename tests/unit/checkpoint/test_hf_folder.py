@@ -6,10 +6,11 @@ import sys
 
 import pytest
 
-from conftest import ROOT
 from foundry_ext.checkpoint.hf import apply_hf_defaults, folder_problems, model_vocab_size, write_tokenizer_files
 from foundry_ext.config.load import load
 from foundry_ext.config.validate import problems_of
+
+from conftest import ROOT
 
 YAML = str(ROOT / 'yamls' / 'pretrain' / 'tiny-hf-cpu.yaml')
 

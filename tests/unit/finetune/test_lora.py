@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT
 from foundry_ext.finetune.lora import LoraOptions, check_lora, lora_defaults
 from foundry_ext.validation import ConfigError, parse
+
+from conftest import ROOT
 
 LLAMA = str(ROOT / 'yamls' / 'models' / 'tiny-llama')
 GPT2 = str(ROOT / 'yamls' / 'models' / 'tiny-gpt2')
