@@ -14,12 +14,13 @@ becomes a PEFT adapter folder, or with ``merge`` the merged model.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from foundry_ext.atomic import atomic_dir
 from foundry_ext.checkpoint import verify as V
@@ -103,12 +104,29 @@ def _load_into(model: Any, weights: dict[str, Any], where: Path) -> Any:
     return model.float().eval()
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """LLM Foundry's MPT warns on every build (learned_pos_emb, GenerationMixin, rope 'factor'): not news."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', UserWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def _mpt_source(ck: Checkpoint) -> Any:
     from accelerate import init_empty_weights
-    from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
+    with _quiet():
+        from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
     cfg = {k: v for k, v in ck.config.items() if not k.startswith('_') and k not in ('model_type', 'architectures')}
     cfg['init_device'] = 'cpu'
-    with init_empty_weights(include_buffers=False):
+    with init_empty_weights(include_buffers=False), _quiet():
         model = MPTForCausalLM(MPTConfig(**cfg))
     return _load_into(model, dict(ck.weights), ck.path)
 

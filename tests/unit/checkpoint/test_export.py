@@ -153,6 +153,11 @@ def test_plain_mpt_exports_llm_foundry_mpt_classes(tok, tmp_path):
     assert (tmp_path / 'mpt' / 'modeling_mpt.py').is_file()
     reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / 'mpt'), trust_remote_code=True)
     assert torch.allclose(logits(reloaded, IDS), logits(model.model.eval(), IDS), atol=1e-4)
+    # models in: hf_causal_lm takes our MPT folder back (its code, so trust_remote_code: true)
+    from llmfoundry.utils.builders import build_composer_model
+    again = build_composer_model(name='hf_causal_lm', tokenizer=tok, cfg={
+        'pretrained_model_name_or_path': str(tmp_path / 'mpt'), 'pretrained': True, 'trust_remote_code': True})
+    assert torch.allclose(logits(again.model.eval(), IDS), logits(model.model.eval(), IDS), atol=1e-4)
 
 
 class _Evil:
