@@ -120,11 +120,31 @@ def _quiet() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
+def runnable_here(cfg: dict[str, Any]) -> dict[str, Any]:
+    """An MPT config whose attention runs on this machine: flash-attn kernels (trained on GPUs) -> torch,
+    the flash-attn rotary -> HF's (the same non-interleaved rotation). The weights do not change."""
+    import importlib.util
+
+    import torch
+    attn = dict(cfg.get('attn_config') or {})
+    if importlib.util.find_spec('flash_attn') is None or not torch.cuda.is_available():
+        if attn.get('attn_impl') == 'flash':
+            attn['attn_impl'] = 'torch'
+        if attn.get('attn_backend') == 'flash':
+            attn['attn_backend'] = 'auto'
+        if attn.get('rope') and attn.get('rope_impl', 'dail') == 'dail' and \
+                (attn.get('rope_dail_config') or {}).get('type', 'original') == 'original':
+            attn['rope_impl'] = 'hf'
+            attn['rope_hf_config'] = {'type': 'no_scaling', 'factor': 1.0}
+    return {**cfg, 'attn_config': attn}
+
+
 def _mpt_source(ck: Checkpoint) -> Any:
     from accelerate import init_empty_weights
     with _quiet():
         from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
-    cfg = {k: v for k, v in ck.config.items() if not k.startswith('_') and k not in ('model_type', 'architectures')}
+    cfg = {k: v for k, v in runnable_here(ck.config).items()
+           if not k.startswith('_') and k not in ('model_type', 'architectures')}
     cfg['init_device'] = 'cpu'
     with init_empty_weights(include_buffers=False), _quiet():
         model = MPTForCausalLM(MPTConfig(**cfg))
@@ -228,7 +248,7 @@ def _write_mpt(src: Any, ck: Checkpoint, dtype: Any, tmp: Path) -> None:
     CONFIG_MAPPING._extra_content['mpt'] = MPTConfig       # as LLM Foundry's hf_checkpointer does
     MPTConfig.register_for_auto_class()
     MPTForCausalLM.register_for_auto_class('AutoModelForCausalLM')
-    src.config = MPTConfig(**{k: v for k, v in _portable_mpt_config(ck.config).items()
+    src.config = MPTConfig(**{k: v for k, v in _portable_mpt_config(runnable_here(ck.config)).items()
                               if not k.startswith('_') and k not in ('model_type', 'architectures')})
     src.to(dtype).save_pretrained(str(tmp), safe_serialization=True)
     src.float()
