@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -364,7 +365,18 @@ def export(opts: ExportOptions, log: Callable[[str], None] = print) -> ExportRes
                 'source': str(ck.path), 'sharded': ck.sharded, 'architecture': arch, 'dtype': dname,
                 'verification': verdict.__dict__ if verdict else None, 'dtype_kl': dtype_kl, 'load': hint},
                 indent=1, default=str))
+            _umask_modes(tmp)
     return ExportResult(out, ck.path, arch, dname, verdict, dtype_kl, hint, notes, time.perf_counter() - t0)
+
+
+def _umask_modes(folder: Path) -> None:
+    """safetensors writes its files 0600; give every file the mode the user's umask asks for (as any other
+    file they write), so a server running as another user can read the model."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in folder.rglob('*'):
+        if p.is_file():
+            p.chmod(0o666 & ~mask)
 
 
 def _verify(tmp: Path, ref: V.Reference, tok: Any, kind: str, base: Optional[Path],

@@ -194,3 +194,34 @@ def test_resolve_and_read(llama_ck, tmp_path):
         resolve_checkpoint(tmp_path)
     with pytest.raises(UserError, match='does not exist'):
         resolve_checkpoint(tmp_path / 'nope')
+
+
+@pytest.mark.parametrize('case', ['missing', 'empty_dir', 'truncated', 'text', 'not_composer'])
+def test_bad_checkpoints_are_one_line_and_write_nothing(llama_ck, tmp_path, capsys, case):
+    from foundry_ext.cli import main
+    src = tmp_path / 'src.pt'
+    if case == 'empty_dir':
+        src = tmp_path / 'run'
+        src.mkdir()
+    elif case == 'truncated':
+        src.write_bytes(llama_ck[0].read_bytes()[:5000])
+    elif case == 'text':
+        src.write_text('not a checkpoint\n')
+    elif case == 'not_composer':
+        torch.save({'weight': torch.ones(2)}, src)
+    out = tmp_path / 'out'
+    assert main(['export', str(src), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and '\n' not in err and 'Traceback' not in err, err
+    expect = {'missing': 'does not exist', 'empty_dir': 'no Composer checkpoint', 'truncated': 'cannot',
+              'text': 'cannot read it as a torch checkpoint', 'not_composer': 'not a Composer checkpoint'}[case]
+    assert expect in err, err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith('.out')]
+
+
+def test_written_files_are_readable_by_others(llama_ck, tmp_path):
+    export(ExportOptions(str(llama_ck[0]), str(tmp_path / 'out'), verify=False), log=lambda s: None)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / 'out').iterdir()} == \
+        {p.name: oct(0o666 & ~mask) for p in (tmp_path / 'out').iterdir()}
