@@ -84,6 +84,10 @@ def job_anchor(ck: str, out: str) -> None:
 
 
 def job_ours(ck: str, out: str, verify: bool) -> None:
+    import torch  # noqa: F401  -- the libraries export imports lazily, imported first as the anchor does
+    from llmfoundry.models.mpt import MPTForCausalLM  # noqa: F401
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM  # noqa: F401
+
     from foundry_ext.checkpoint.export import ExportOptions, export
     t = time.perf_counter()
     export(ExportOptions(ck, out, verify=verify), log=lambda s: None)
