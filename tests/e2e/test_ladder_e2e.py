@@ -2,6 +2,7 @@
 export it, LoRA on the exported folder (with LLM Foundry's hf_checkpointer on), export --merge; continued
 pretraining from the Composer checkpoint (load_path, weights only) and a load_path that does not fit."""
 import json
+import os
 import subprocess
 import sys
 
@@ -32,10 +33,29 @@ def base(tiny_tokenizer, tiny_mds, tmp_path_factory):
         'train_loader.dataset.domains': '[code,prose,arithmetic]', 'max_duration': '8ba', 'eval_interval': '8ba',
         'save_interval': '8ba'})
     assert r.returncode == 0, r.stderr[-3000:]
-    from foundry_ext.checkpoint.export import ExportOptions, export
-    res = export(ExportOptions(str(run), str(run / 'hf')), log=lambda s: None)
-    assert res.architecture == 'LlamaForCausalLM' and res.verdict.ok
+    r = subprocess.run([sys.executable, '-m', 'foundry_ext', 'export', str(run), str(run / 'hf')], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'verified: max |logit diff|' in r.stdout and 'no trust_remote_code needed' in r.stdout, r.stdout
     return run
+
+
+def test_the_exported_run_loads_offline_and_gives_the_trained_models_logits(base):
+    """Independent of the exporter's own check: the trained MPT rebuilt by hand from the checkpoint."""
+    from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
+    from transformers import AutoModelForCausalLM
+    sd = torch.load(base / 'checkpoints' / 'latest-rank0.pt', map_location='cpu', weights_only=False)['state']
+    cfg = dict(sd['integrations']['huggingface']['model']['config']['content'])
+    cfg = {k: v for k, v in cfg.items() if not k.startswith('_') and k not in ('model_type', 'architectures')}
+    cfg['attn_config'] = {**cfg['attn_config'], 'attn_impl': 'torch'}
+    trained = MPTForCausalLM(MPTConfig(**cfg)).eval()
+    trained.load_state_dict({k[len('model.'):]: v for k, v in sd['model'].items()})
+    config = json.loads((base / 'hf' / 'config.json').read_text())
+    assert config['architectures'] == ['LlamaForCausalLM'] and 'auto_map' not in config
+    hf = AutoModelForCausalLM.from_pretrained(str(base / 'hf'), local_files_only=True).eval()
+    ids = torch.randint(0, TINY_VOCAB, (2, TINY_SEQ), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(hf(ids).logits, trained(ids).logits, atol=1e-4)
 
 
 def test_lora_on_the_exported_model_with_hf_checkpointer_then_merge(base, tiny_mds, tmp_path):
