@@ -9,6 +9,10 @@ code from the file runs and an unknown callback's state cannot stop an export.
 :func:`read_checkpoint` returns what export and the load check need -- the model's tensors (Composer's
 ``model.`` prefix removed), the Hugging Face metadata Composer stores beside them (config, tokenizer
 files, PEFT config) and the training precision -- and reads only those parts of a sharded folder.
+
+Public and stable (callers: checkpoint/export.py, fit.py, callback.py, tests): ``safe_load(f, mmap)``,
+``load_sharded(folder, keys)``, ``resolve_checkpoint(path)``, ``read_checkpoint(path)``, ``is_sharded``,
+``checkpoint_shapes``, ``Checkpoint``, ``Opaque``. Every failure is a one-line :class:`UserError`.
 """
 from __future__ import annotations
 
@@ -125,6 +129,7 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 def is_sharded(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a torch.distributed.checkpoint folder (it holds ``.metadata``)."""
     return Path(path).is_dir() and (Path(path) / METADATA).is_file()
 
 
