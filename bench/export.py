@@ -94,10 +94,21 @@ def job_ours(ck: str, out: str, verify: bool) -> None:
     _done(t)
 
 
-def _done(t: float) -> None:
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Not ru_maxrss: Linux carries the parent's peak across fork + exec into
+    it, so every job would report at least the bench's own peak (the model it built)."""
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
-    print(json.dumps({'work_s': time.perf_counter() - t,
-                      'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _done(t: float) -> None:
+    print(json.dumps({'work_s': time.perf_counter() - t, 'peak_rss_mb': _peak_rss_mb()}))
 
 
 def measure(kind: str, ck: Path, out: Path) -> dict:
