@@ -114,3 +114,9 @@ clean-data:
 
 clean: clean-data
 	rm -rf $(VENV)
+
+# Export time and peak memory (demo model and ~125M): foundry-ext export vs torch.load + save_pretrained, same run.
+.PHONY: bench-export
+bench-export: $(STAMP) data
+	$(BIN)/python bench/export.py
+bench: bench-export

@@ -63,7 +63,7 @@ def _tokenizer(a: argparse.Namespace) -> None:
 
 def _report(a: argparse.Namespace) -> None:
     from foundry_ext.runs.report import write_report
-    print(f'report: {write_report(a.run_dir, mds_root=a.mds)}')
+    print(f'report: {write_report(a.run_dir, mds_root=a.mds, new_domains=a.new)}')
 
 
 def _eval_data(a: argparse.Namespace) -> None:
@@ -75,6 +75,11 @@ def _eval_data(a: argparse.Namespace) -> None:
 def _mixplot(a: argparse.Namespace) -> None:
     from foundry_ext.data.mixing.plot import plot_mix
     print(f'mix plot: {plot_mix(a.run_dir, a.out)}')
+
+
+def _export(a: argparse.Namespace) -> None:
+    from foundry_ext.commands.export import run
+    run(a)
 
 
 def _fmt(n: int) -> str:
@@ -130,12 +135,19 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser('report', help='markdown + loss-curve PNG for a training run folder')
     r.add_argument('run_dir')
     r.add_argument('--mds', default=None, help='MDS root, for the unigram baselines')
+    r.add_argument('--new', nargs='+', default=None, metavar='DOMAIN',
+                   help='continued runs: the eval domain(s) this run adds (default: variables.new_domains)')
     r.set_defaults(fn=_report)
 
     m = sub.add_parser('mixplot', help='planned vs realized mixture weights of a run -> PNG (mixture loader runs)')
     m.add_argument('run_dir', help='run folder with metrics.jsonl (or the file itself)')
     m.add_argument('--out', default=None, help='PNG path (default <run_dir>/mix_weights.png)')
     m.set_defaults(fn=_mixplot)
+
+    x = sub.add_parser('export', help='a Composer checkpoint or run folder -> a verified Hugging Face model folder')
+    from foundry_ext.commands.export import add_arguments
+    add_arguments(x)
+    x.set_defaults(fn=_export)
 
     q = sub.add_parser('params', help='total / active parameters of the model in training yamls')
     q.add_argument('yamls', nargs='+')

@@ -37,9 +37,27 @@ def prepare(argv: list[str]) -> dict[str, Any]:
     import torch
     notes = apply_fallbacks(cfg, cuda=torch.cuda.is_available(), flash_attn=has_flash_attn(),
                             world_size=env.world_size())
-    _say(*(f'fallback: {n}' for n in notes))
+    notes = [f'fallback: {n}' for n in notes] + [f'note: {n}' for n in model_checks(cfg)]
+    _say(*notes)
     _plan_summary(cfg)
     return cfg
+
+
+def model_checks(cfg: dict[str, Any]) -> list[str]:
+    """HF model defaults (trust_remote_code false), LoRA checks, and the ``model_check`` callback when a
+    run loads a checkpoint or trains adapters (parameter counts; the load_path fit). Returns notes."""
+    from foundry_ext.checkpoint.hf import apply_hf_defaults
+    from foundry_ext.finetune.lora import check_lora, lora_defaults
+    model: dict[str, Any] = cfg['model'] if isinstance(cfg.get('model'), dict) else {}
+    notes = apply_hf_defaults(model) + lora_defaults(model)
+    check_lora(cfg)
+    if cfg.get('load_path') or model.get('peft_config') is not None:
+        cbs = cfg.get('callbacks')
+        cbs = cfg['callbacks'] = dict(cbs) if isinstance(cbs, dict) else {}
+        cbs.setdefault('model_check', {'load_path': cfg.get('load_path'),
+                                       'strict': bool(cfg.get('load_strict_model_weights', True)),
+                                       'ignore_keys': list(cfg.get('load_ignore_keys') or [])})
+    return notes
 
 
 def _say(*lines: str) -> None:

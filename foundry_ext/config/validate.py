@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from foundry_ext.checkpoint.hf import HF_MODELS, model_vocab_size
 from foundry_ext.config.ranges import range_problems
 from foundry_ext.config.registries import check_mapping_section, check_model_layers, check_name, check_named
 from foundry_ext.config.schema import ATTN_KEYS, MPT_KEYS, TRAIN_KEYS
@@ -57,6 +58,7 @@ OWNERS: dict[tuple[str, str], tuple[str, ...]] = {
     ('loader', 'corpus_text'): ('foundry_ext.data.corpus_text:CorpusTextConfig',
                                 'foundry_ext.data.corpus_text:check_data'),
     ('ffn', 'torch_dmoe'): ('foundry_ext.models.config:MoEConfig',),
+    ('callback', 'model_check'): ('foundry_ext.checkpoint.fit:ModelCheckConfig',),
 }
 
 
@@ -131,15 +133,12 @@ def _check_mpt(model: dict, problems: list[str]) -> None:
 
 
 def _check_hf(model: dict, problems: list[str]) -> None:
-    src = model.get('pretrained_model_name_or_path')
-    if not isinstance(src, str):
-        problems.append('model.pretrained_model_name_or_path is required for hf_causal_lm '
-                        '(a local model/config folder)')
-    elif is_local_path(src) and not Path(src).expanduser().exists():
-        problems.append(f'model.pretrained_model_name_or_path: folder {src} does not exist')
-    elif not Path(src).expanduser().exists() and offline():
-        problems.append(f'model.pretrained_model_name_or_path {src!r} is not a local folder and the hub '
-                        'is off (HF_HUB_OFFLINE=1); point it at a local model folder')
+    """The source folder (config, weights, custom code; hub names offline) and ``peft_config``'s keys."""
+    from foundry_ext.checkpoint.hf import folder_problems
+    problems += folder_problems(model)
+    if isinstance(model.get('peft_config'), dict):
+        from foundry_ext.finetune.lora import LoraOptions
+        collect(problems, parse, LoraOptions, model['peft_config'], 'model.peft_config')
 
 
 MODEL_CHECKS: dict[str, Callable[[dict, list[str]], None]] = {
@@ -167,6 +166,10 @@ def _check_tokenizer(cfg: dict, problems: list[str]) -> None:
         return
     problems += check_table(tok, {'name': (str,), 'kwargs': (dict,)}, 'tokenizer')
     name = tok.get('name')
+    model_cfg = cfg.get('model')
+    model_src = model_cfg.get('pretrained_model_name_or_path') if isinstance(model_cfg, dict) else None
+    if isinstance(name, str) and name == model_src and not Path(name).expanduser().exists():
+        return  # the model folder's own tokenizer: its absence is reported once, under model
     if not isinstance(name, str):
         problems.append('tokenizer.name is missing; point it at a tokenizer folder '
                         '(build one with `foundry-ext tokenizer`)')
@@ -185,13 +188,19 @@ def _check_tokenizer(cfg: dict, problems: list[str]) -> None:
         problems.append(f'tokenizer.name: {bad}')
         return
     vocab = tokenizer_vocab_size(path)
-    model = cfg.get('model')
-    if not isinstance(model, dict):
-        model = {}
-    mv = model.get('vocab_size')
+    model: dict[str, Any] = cfg['model'] if isinstance(cfg.get('model'), dict) else {}
+    mv = model_vocab_size(model)
     if vocab is not None and isinstance(mv, int) and vocab > mv:
-        problems.append(f'tokenizer {name} has {vocab} tokens but model.vocab_size is {mv}; '
-                        f'set model.vocab_size >= {vocab} (a multiple of 64 is fastest)')
+        if model.get('name') in HF_MODELS:
+            fix = (f'set model.config_overrides.vocab_size: {vocab} (or more)' if model.get('pretrained') is False
+                   else "use the model's own tokenizer, or set model.allow_embedding_resizing: true to add rows "
+                        '(randomly initialised)')
+            if not model.get('allow_embedding_resizing'):
+                problems.append(f"tokenizer {name} has {vocab} tokens but the model's embedding "
+                                f"({model.get('pretrained_model_name_or_path')}) has {mv} rows; {fix}")
+        else:
+            problems.append(f'tokenizer {name} has {vocab} tokens but model.vocab_size is {mv}; '
+                            f'set model.vocab_size >= {vocab} (a multiple of 64 is fastest)')
 
 
 def _check_foundry_loader(loader: dict, where: str, problems: list[str]) -> None:
@@ -276,6 +285,10 @@ def problems_of(cfg: dict[str, Any]) -> list[str]:
         check_mapping_section(cfg, key, registry, problems)
     check_named(cfg.get('optimizer'), 'optimizers', 'optimizer', problems, options=True)
     check_named(cfg.get('scheduler'), 'schedulers', 'scheduler', problems, options=True)
+    lp = cfg.get('load_path')
+    if isinstance(lp, str) and '://' not in lp and not Path(lp).expanduser().exists():
+        problems.append(f'load_path: checkpoint {lp} does not exist; train that run first or point at its '
+                        'checkpoints/latest-rank0.pt (a .pt file or a sharded ep*-ba* folder)')
     return problems
 
 

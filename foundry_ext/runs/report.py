@@ -103,7 +103,8 @@ def _mds_root_of(loader: dict) -> str | None:
     return parents.pop() if len(parents) == 1 else None
 
 
-def write_report(run_dir: str | Path, mds_root: str | Path | None = None) -> Path:
+def write_report(run_dir: str | Path, mds_root: str | Path | None = None,
+                 new_domains: list[str] | None = None) -> Path:
     run = Path(run_dir)
     mfile = run / 'metrics.jsonl'
     if not mfile.is_file():
@@ -112,13 +113,18 @@ def write_report(run_dir: str | Path, mds_root: str | Path | None = None) -> Pat
     s = summarize(read_metrics(mfile))
     if not s['train'] and not s['eval']:
         raise UserError(f'{mfile} holds no train or eval loss yet; did the run get past its first batch?')
+    hparams: dict = {}
+    hp = run / 'hparams.json'
+    if hp.is_file():
+        try:
+            hparams = json.loads(hp.read_text())
+        except ValueError:
+            hparams = {}
     if mds_root is None:
-        hp = run / 'hparams.json'
-        if hp.is_file():
-            try:
-                mds_root = _mds_root_of(json.loads(hp.read_text()).get('train_loader') or {})
-            except (ValueError, AttributeError):
-                mds_root = None
+        try:
+            mds_root = _mds_root_of(hparams.get('train_loader') or {})
+        except (ValueError, AttributeError):
+            mds_root = None
     baselines = {}
     if mds_root and Path(mds_root).is_dir():
         from foundry_ext.prep.text import unigram_baselines
@@ -142,6 +148,9 @@ def write_report(run_dir: str | Path, mds_root: str | Path | None = None) -> Pat
         lines.append('Losses are cross-entropy in nats per token. The unigram baseline is the loss of '
                      'a model that predicts every token from its training-set frequency alone.')
         lines.append('')
+        from foundry_ext.runs.forgetting import forgetting_lines, is_continued
+        if is_continued(hparams) or new_domains:
+            lines += forgetting_lines(s['eval'], hparams, new_domains)
     lines += ['![loss curve](loss_curve.png)', '']
     out = run / 'report.md'
     tmp = out.with_suffix('.md.tmp')

@@ -1,0 +1,42 @@
+"""`foundry-ext report` on a continued run: the new domain's gain and each old domain's forgetting."""
+import json
+
+import pytest
+
+from foundry_ext.runs.forgetting import forgetting_lines, is_continued, mix_shares
+from foundry_ext.runs.report import write_report
+
+HP = {'model': {'name': 'hf_causal_lm', 'pretrained_model_name_or_path': 'base'},
+      'variables': {'new_domains': ['records']},
+      'train_loader': {'name': 'mixture', 'schedule': {'points': [
+          {'at': 0.0, 'weights': {'records': 0.7, 'code': 0.2, 'prose': 0.1}}]}}}
+EVALS = {'records': [(0, 5.0), (100, 1.5)], 'code': [(0, 4.0), (100, 4.1)], 'prose': [(0, 4.5), (100, 4.4)],
+         'arithmetic': [(0, 2.0), (100, 2.3)]}
+
+
+def test_continued_runs_are_recognised():
+    assert is_continued(HP) and is_continued({'load_path': 'x.pt'}) and is_continued({'model': {'peft_config': {'r': 4}}})
+    assert not is_continued({'model': {'name': 'hf_causal_lm', 'pretrained': False}})
+    assert not is_continued({'model': {'name': 'mpt_causal_lm'}})
+    assert mix_shares(HP) == pytest.approx({'records': 0.7, 'code': 0.2, 'prose': 0.1})
+    assert mix_shares({'train_loader': {'dataset': {'domains': ['a', 'b']}}}) == {'a': 0.5, 'b': 0.5}
+
+
+def test_forgetting_table_and_summary():
+    text = '\n'.join(forgetting_lines(EVALS, HP))
+    assert '| records | new | 5.000 | 1.500 | -3.500 |' in text
+    assert '| code | old, 20% of the mix (replay) | 4.000 | 4.100 | +0.100 |' in text
+    assert '| arithmetic | old, not trained | 2.000 | 2.300 | +0.300 |' in text
+    assert 'New domain **records**: 5.000 -> 1.500' in text
+    assert 'mean +0.100, worst arithmetic +0.300' in text
+
+
+def test_report_writes_the_section(tmp_path):
+    rows = [{'step': s, f'metrics/eval/{d}/LanguageCrossEntropy': v} for d, pts in EVALS.items() for s, v in pts]
+    rows.append({'step': 1, 'loss/train/total': 3.0})
+    (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    (tmp_path / 'hparams.json').write_text(json.dumps(HP))
+    text = write_report(tmp_path).read_text()
+    assert '## Before and after this run' in text and 'worst arithmetic' in text
+    text = write_report(tmp_path, new_domains=['arithmetic']).read_text()
+    assert '| arithmetic | new |' in text
