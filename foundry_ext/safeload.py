@@ -41,7 +41,7 @@ _CHUNK = 8 << 20
 SAFE_GLOBALS = (
     'numpy.ndarray', 'numpy.dtype', 'numpy._core.multiarray._reconstruct', 'numpy.core.multiarray._reconstruct',
     'numpy._core.multiarray.scalar', 'numpy.core.multiarray.scalar',
-    'datetime.timedelta', 'datetime.datetime', 'datetime.date', 'datetime.timezone',
+    'datetime.timedelta', 'datetime.datetime', 'datetime.date', 'datetime.time', 'datetime.timezone',
     'torch.torch_version.TorchVersion', 'collections.OrderedDict', 'collections.defaultdict',
 )
 
@@ -200,22 +200,31 @@ def _resolve(dotted: str) -> Any:
     return None
 
 
-def allowed_globals(trusted: Iterable[str] = ()) -> list[Any]:
-    """The allow-list for ``torch.serialization.safe_globals`` (names that do not import here are
-    skipped; an object whose own name differs from the pickled one, e.g. ``pickle.PickleError`` =
-    ``_pickle.PickleError``, is listed under the name the checkpoint uses)."""
-    out: list[Any] = []
+def allowed_by_name(trusted: Iterable[str] = ()) -> dict[str, Any]:
+    """The allow-list by the names checkpoints use: :data:`SAFE_GLOBALS`, the dotted names in
+    ``trusted`` and numpy's dtype classes (names that do not import here are skipped). Shared with
+    :mod:`foundry_ext.checkpoint.load`, which reads checkpoints for export."""
+    out: dict[str, Any] = {}
     for name in (*SAFE_GLOBALS, *trusted):
         obj = _resolve(name)
-        if obj is None:
-            continue
-        own = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
-        out.append(obj if own == name else (obj, name))
+        if obj is not None:
+            out[name] = obj
     try:
         import numpy.dtypes as npd  # numpy >= 1.25: the dtype classes of numpy arrays
-        out += [getattr(npd, n) for n in dir(npd) if n.endswith('DType')]
+        out.update({f'numpy.dtypes.{n}': getattr(npd, n) for n in dir(npd) if n.endswith('DType')})
     except ImportError:
         pass
+    return out
+
+
+def allowed_globals(trusted: Iterable[str] = ()) -> list[Any]:
+    """The allow-list for ``torch.serialization.safe_globals``; an object whose own name differs from
+    the pickled one (e.g. ``pickle.PickleError`` = ``_pickle.PickleError``) is listed under the name
+    the checkpoint uses."""
+    out: list[Any] = []
+    for name, obj in allowed_by_name(trusted).items():
+        own = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+        out.append(obj if own == name else (obj, name))
     return out
 
 

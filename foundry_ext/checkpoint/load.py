@@ -49,23 +49,10 @@ def _opaque(name: str) -> type:
 
 
 def _harmless() -> dict[str, Any]:
-    """Globals whose construction runs no user code (by their checkpoint names)."""
-    import datetime
-
-    import numpy as np
-    import torch
-    out: dict[str, Any] = {f'datetime.{n}': getattr(datetime, n) for n in ('timedelta', 'datetime', 'date', 'time')}
-    out['torch.torch_version.TorchVersion'] = torch.torch_version.TorchVersion
-    core: Any = getattr(np, '_core', None) or np.core  # type: ignore[attr-defined]
-    for mod in ('numpy._core.multiarray', 'numpy.core.multiarray'):
-        out[f'{mod}._reconstruct'] = core.multiarray._reconstruct
-        out[f'{mod}.scalar'] = core.multiarray.scalar
-    out['numpy.ndarray'] = np.ndarray
-    out['numpy.dtype'] = np.dtype
-    for n in dir(getattr(np, 'dtypes', None) or ()):
-        if n.endswith('DType'):
-            out[f'numpy.dtypes.{n}'] = getattr(np.dtypes, n)
-    return out
+    """Globals whose construction runs no user code (by their checkpoint names): the same allow-list
+    as the resumption loader, :func:`foundry_ext.safeload.allowed_by_name`."""
+    from foundry_ext.safeload import allowed_by_name
+    return allowed_by_name()
 
 
 def safe_load(f: str | os.PathLike | io.BytesIO, mmap: bool = True) -> Any:
