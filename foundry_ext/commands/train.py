@@ -25,14 +25,16 @@ def prepare(argv: list[str]) -> dict[str, Any]:
     from foundry_ext.config.validate import validate
     if not argv or argv[0] in ('-h', '--help'):
         raise UserError(USAGE)
+    from foundry_ext.finetune.config import route_packing
     cfg = load(argv[0], argv[1:])
     validate(cfg)
+    notes = route_packing(cfg)  # packed SFT rows: models that keep the examples apart
     import torch
-    notes = apply_fallbacks(cfg, cuda=torch.cuda.is_available(), flash_attn=has_flash_attn(),
-                            world_size=env.world_size())
+    notes += apply_fallbacks(cfg, cuda=torch.cuda.is_available(), flash_attn=has_flash_attn(),
+                             world_size=env.world_size())
     if env.rank() == 0:
         for n in notes:
-            print(f'foundry_ext: fallback: {n}', file=sys.stderr)
+            print(f"foundry_ext: {'' if n.startswith('packing:') else 'fallback: '}{n}", file=sys.stderr)
     return cfg
 
 

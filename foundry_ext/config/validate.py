@@ -51,6 +51,7 @@ OWNERS: dict[tuple[str, str], tuple[str, ...]] = {
     ('loader', 'corpus_text'): ('foundry_ext.data.corpus_text:CorpusTextConfig',
                                 'foundry_ext.data.corpus_text:check_data'),
     ('ffn', 'torch_dmoe'): ('foundry_ext.models.config:MoEConfig',),
+    ('loader', 'sft'): ('foundry_ext.finetune.config:SFTLoaderConfig', 'foundry_ext.finetune.config:check_data'),
 }
 
 
@@ -137,7 +138,8 @@ def _check_hf(model: dict, problems: list[str]) -> None:
 
 
 MODEL_CHECKS: dict[str, Callable[[dict, list[str]], None]] = {
-    'mpt_causal_lm': _check_mpt, FOUNDRY_MPT: _check_mpt, 'hf_causal_lm': _check_hf}
+    'mpt_causal_lm': _check_mpt, FOUNDRY_MPT: _check_mpt, 'hf_causal_lm': _check_hf,
+    'foundry_hf_causal_lm': _check_hf}
 
 
 def _check_model(model: dict, problems: list[str]) -> None:
@@ -205,6 +207,10 @@ def _check_loader(loader: Any, where: str, problems: list[str]) -> None:
         check_owned('loader', name, loader, where, problems)
     elif name in ('text', 'finetuning'):
         _check_foundry_loader(loader, where, problems)
+        if name == 'finetuning':
+            from foundry_ext.finetune.config import check_finetuning_rows
+            with in_section(where):
+                collect(problems, check_finetuning_rows, loader)
 
 
 def _check_callbacks(cfg: dict, problems: list[str]) -> None:
@@ -249,6 +255,8 @@ def problems_of(cfg: dict[str, Any]) -> list[str]:
         if isinstance(ev, dict) and 'label' not in ev:
             problems.append(f'eval_loaders[{i}].label is missing; each of several eval loaders needs a label')
     _check_callbacks(cfg, problems)
+    from foundry_ext.finetune.config import packing_problems
+    problems += packing_problems(cfg)
     return problems
 
 
