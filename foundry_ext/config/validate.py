@@ -51,6 +51,7 @@ OWNERS: dict[tuple[str, str], tuple[str, ...]] = {
     ('loader', 'corpus_text'): ('foundry_ext.data.corpus_text:CorpusTextConfig',
                                 'foundry_ext.data.corpus_text:check_data'),
     ('ffn', 'torch_dmoe'): ('foundry_ext.models.config:MoEConfig',),
+    ('callback', 'sft_monitor'): ('foundry_ext.finetune.config:SFTMonitorConfig',),
     ('loader', 'sft'): ('foundry_ext.finetune.config:SFTLoaderConfig', 'foundry_ext.finetune.config:check_data'),
 }
 

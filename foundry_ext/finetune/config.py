@@ -14,7 +14,7 @@ else is refused in one line by :func:`packing_problems`; :func:`route_packing` m
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -49,7 +49,7 @@ class SFTDataset:
     shuffle_seed: int = 17
 
     def __post_init__(self) -> None:
-        where = section('train_loader') + '.dataset'
+        where = section('train_loader.dataset')
         if self.max_seq_len < 2:
             raise UserError(f'{where}.max_seq_len must be >= 2, got {self.max_seq_len}')
         if self.train_on not in TRAIN_ON:
@@ -144,7 +144,10 @@ def check_data(cfg: SFTLoaderConfig) -> None:
     files = jsonl_files(ds)
     if not files:
         raise UserError(f'{where}.data: no .jsonl file in {ds.paths}')
-    rows, _ = read_rows(files, ds.fields)
+    try:
+        rows, _ = read_rows(files, ds.fields)
+    except UserError as e:
+        raise UserError(f'{where}: {e}') from None
     if not rows:
         raise UserError(f'{where}.data: {", ".join(map(str, files))} holds no rows')
 
@@ -301,12 +304,11 @@ def route_packing(cfg: dict[str, Any]) -> list[str]:
 
 
 @dataclass
-class LoaderSummary:
-    """What the loader built (printed once; also used by show-labels and the benchmark)."""
-    examples: int = 0
-    dropped_too_long: int = 0
-    dropped_no_target: int = 0
-    truncated: int = 0
-    packing_ratio: Optional[float] = None
-    template: str = ''
-    notes: list[str] = field(default_factory=list)
+class SFTMonitorConfig:
+    """``sft_monitor`` callback options."""
+    log_interval: int = 10       # batches between ft/* metrics
+
+    def __post_init__(self) -> None:
+        if self.log_interval < 1:
+            raise UserError(f"{section('callbacks.sft_monitor')}: log_interval must be an integer >= 1, "
+                            f'got {self.log_interval!r}')

@@ -16,6 +16,7 @@ Options: :class:`~foundry_ext.finetune.config.SFTLoaderConfig`.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -160,8 +161,9 @@ def build_sft_dataloader(tokenizer: Any, device_batch_size: Any, **loader: Any) 
         pack = (f"packing {ratio:g} examples/row{' (auto)' if ds.packing_ratio == 'auto' else ''}"
                 if ratio and ratio > 1 else 'no packing')
         dropped = info['dropped_too_long'] + info['dropped_no_target']
-        log.info('sft %s: %d examples from %s; train_on %s; chat template %s; %s; %d truncated, %d dropped',
-                 where, info['examples'], info['source'], ds.train_on, tname, pack, info['truncated'], dropped)
+        # said once on stderr, like the other loaders' notes (LLM Foundry's log level does not cover ours)
+        print(f"foundry_ext: sft {where}: {info['examples']} examples from {info['source']}; train_on {ds.train_on}; "
+              f"chat template {tname}; {pack}; {info['truncated']} truncated, {dropped} dropped", file=sys.stderr)
         for n in notes:
-            log.warning(n)
+            print(f'foundry_ext: {n}', file=sys.stderr)
     return DataSpec(dl, get_num_tokens_in_batch=get_tokens_per_batch_func())

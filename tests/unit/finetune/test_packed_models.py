@@ -20,7 +20,7 @@ def _examples(seed=0):
 
 def _check_packed_equals_alone(forward, eos=1):
     exs = _examples()
-    packed = SFTCollator(pad_id=0, eos_id=eos, max_seq_len=48, train_on='all_assistant', batch_size=1,
+    packed = SFTCollator(pad_id=0, eos_id=eos, max_seq_len=64, train_on='all_assistant', batch_size=1,
                          packing_ratio=len(exs))(exs)
     assert packed['input_ids'].shape[0] == 1 and int(packed['sequence_id'].max()) == len(exs) - 1
     with torch.no_grad():
@@ -85,7 +85,7 @@ def test_gpt2_refuses_packed_batches(tmp_path, tiny_tokenizer):
     from foundry_ext.finetune.hf_model import FoundryHFCausalLM
     folder = _hf_folder(tmp_path, tiny_tokenizer, 'gpt2')
     m = _hf(FoundryHFCausalLM, folder)
-    batch = SFTCollator(0, 1, 48, 'all_assistant', 1, packing_ratio=5)(_examples())
+    batch = SFTCollator(0, 1, 64, 'all_assistant', 1, packing_ratio=5)(_examples())
     assert is_packed(batch['sequence_id'])
     with pytest.raises(UserError, match="model_type 'gpt2' cannot keep packed examples apart"):
         m(batch)

@@ -26,21 +26,22 @@ def test_jsonl_loader_packs_and_sets_the_template(tmp_path, tok):
     from foundry_ext.finetune.loader import build_sft_dataloader
     data = write_jsonl(tmp_path / 'chat.jsonl', CHAT)
     assert tok.chat_template is None
-    spec = build_sft_dataloader(tok, 4, dataset={'data': data, 'max_seq_len': 128, 'packing_ratio': 'auto'})
+    spec = build_sft_dataloader(tok, 4, dataset={'data': data, 'max_seq_len': 512, 'packing_ratio': 'auto'})
     assert '<|im_start|>' in tok.chat_template  # ChatML, now on the tokenizer the model saves
     batch = next(iter(spec.dataloader))
     assert batch['input_ids'].shape[0] == 4 and int(batch['sequence_id'].max()) >= 1
     assert spec.dataloader.batch_size > 4  # packing_ratio x batch examples per batch
-    n = spec.get_num_tokens_in_batch(batch)
-    assert n['loss_generating'] == int((batch['labels'][:, 1:] != -100).sum())
+    assert spec.get_num_tokens_in_batch(batch, token_type='loss_generating') == \
+        int((batch['labels'][:, 1:] != -100).sum())
+    assert spec.get_num_tokens_in_batch(batch) == int(batch['attention_mask'].sum())
 
 
 def test_mds_loader_reads_the_converters_output(tmp_path, tok, tiny_tokenizer):
     from foundry_ext.finetune.loader import build_sft_dataloader
     from foundry_ext.prep.finetuning import convert_finetuning
     data = write_jsonl(tmp_path / 'chat.jsonl', CHAT)
-    convert_finetuning([('train', data)], tiny_tokenizer, tmp_path / 'mds', max_seq_len=128, chat_template='chatml')
-    spec = build_sft_dataloader(tok, 4, dataset={'data': str(tmp_path / 'mds'), 'max_seq_len': 128,
+    convert_finetuning([('train', data)], tiny_tokenizer, tmp_path / 'mds', max_seq_len=512, chat_template='chatml')
+    spec = build_sft_dataloader(tok, 4, dataset={'data': str(tmp_path / 'mds'), 'max_seq_len': 512,
                                                  'train_on': 'last_assistant', 'shuffle': False})
     assert '<|im_start|>' in tok.chat_template
     batch = next(iter(spec.dataloader))
