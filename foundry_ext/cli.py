@@ -75,9 +75,13 @@ def _show_labels(a: argparse.Namespace) -> None:
     import sys as _sys
 
     from foundry_ext.finetune.labels import show_labels
+    cfg = None
+    if a.source.endswith(('.yaml', '.yml')):
+        from foundry_ext.config.load import load
+        cfg = load(a.source, list(a.overrides))
     print(show_labels(a.source, n=a.n, tokenizer=a.tokenizer, train_on=a.train_on, split=a.split,
                       max_seq_len=a.max_seq_len, seed=a.seed, color=_sys.stdout.isatty() and not a.no_color,
-                      overrides=a.overrides))
+                      cfg=cfg))
 
 
 def _sft_data(a: argparse.Namespace) -> None:

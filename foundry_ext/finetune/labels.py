@@ -128,8 +128,9 @@ def show_llmfoundry(loader: dict[str, Any], tokenizer: Any, n: int = 3, color: b
 
 def show_labels(source: str, n: int = 3, tokenizer: Optional[str] = None, train_on: Optional[str] = None,
                 split: Optional[str] = None, max_seq_len: Optional[int] = None, seed: Optional[int] = None,
-                color: bool = False, overrides: Sequence[str] = ()) -> str:
-    """``source``: a training yaml (its train_loader), an SFT MDS folder, or jsonl file(s)."""
+                color: bool = False, cfg: Optional[dict[str, Any]] = None) -> str:
+    """``source``: a training yaml (its train_loader; ``cfg`` is that yaml loaded with its overrides by the
+    command, config/ being a floor above), an SFT MDS folder, or jsonl file(s)."""
     from foundry_ext.finetune.config import SFTDataset, mds_stats
     from foundry_ext.validation import parse
     if n < 0:
@@ -138,8 +139,8 @@ def show_labels(source: str, n: int = 3, tokenizer: Optional[str] = None, train_
         raise UserError(f'--train_on {train_on!r} is not one of {", ".join(TRAIN_ON)}')
     p = Path(source)
     if p.suffix in ('.yaml', '.yml'):
-        from foundry_ext.config.load import load
-        cfg = load(p, list(overrides))
+        if cfg is None:
+            raise UserError(f'{p}: show-labels needs the loaded yaml (run it as `foundry-ext show-labels`)')
         loader = cfg.get('train_loader')
         tok_name = tokenizer or ((cfg.get('tokenizer') or {}).get('name'))
         if not isinstance(loader, dict) or not tok_name:
