@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM := false
 CORPUS_MB ?= 8
 DATA      ?= data
 
-.PHONY: venv data demo test test-fast lint schema bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet bench-models bench-mix bench-resume bench-plan
+.PHONY: venv data demo test test-fast lint schema bench bench-data-prep lock clean clean-data bench-mfu eval-data bench-gauntlet bench-models bench-mix bench-resume bench-plan bench-sft sft-data
 
 venv: $(STAMP)
 
@@ -108,6 +108,18 @@ bench-mix: $(STAMP) data
 bench: bench-resume
 bench-resume: $(STAMP)
 	$(BIN)/python bench/resume.py
+
+# SFT: our sft loader (packing, per-example masks) + foundry_hf_causal_lm vs LLM Foundry's finetuning loader
+# + hf_causal_lm on the same model, data and batch (trained tokens/s, padding fraction).
+bench-sft: $(STAMP) $(DATA)/tokenizer/tokenizer.json
+	$(BIN)/python bench/sft.py
+bench: bench-sft
+
+# The instruction set for SFT (records questions, word problems) with its held-out gauntlet tasks (seconds).
+$(DATA)/sft/manifest.json: $(DATA)/tokenizer/tokenizer.json foundry_ext/finetune/instructions.py
+	$(BIN)/foundry-ext sft-data --corpus $(DATA)/corpus --tokenizer $(DATA)/tokenizer --out $(DATA)/sft --overwrite
+
+sft-data: $(DATA)/sft/manifest.json
 
 clean-data:
 	rm -rf $(DATA) runs

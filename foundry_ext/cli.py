@@ -82,6 +82,44 @@ def _export(a: argparse.Namespace) -> None:
     run(a)
 
 
+def _show_labels(a: argparse.Namespace) -> None:
+    import sys as _sys
+
+    from foundry_ext.finetune.labels import show_labels
+    cfg = None
+    if a.source.endswith(('.yaml', '.yml')):
+        from foundry_ext.config.load import load
+        cfg = load(a.source, list(a.overrides))
+    print(show_labels(a.source, n=a.n, tokenizer=a.tokenizer, train_on=a.train_on, split=a.split,
+                      max_seq_len=a.max_seq_len, seed=a.seed, color=_sys.stdout.isatty() and not a.no_color,
+                      cfg=cfg))
+
+
+def _sft_data(a: argparse.Namespace) -> None:
+    from foundry_ext.finetune.instructions import write
+    m = write(a.corpus, a.out, a.tokenizer, a.chat_template, seed=a.seed, n_train=a.n_train,
+              n_heldout=a.n_heldout, style=a.style, overwrite=a.overwrite)
+    c = m['counts']
+    n = {s: sum(v for k, v in c[s].items() if k != 'multi_turn') for s in c}
+    print(f"instruction set written to {a.out}: train {n['train']} ({c['train']['multi_turn']} multi-turn), "
+          f"held-out {n['heldout']}; chat template {m['chat_template']}; gauntlet tasks in {a.out}/gauntlet/tasks.yaml")
+
+
+def _sft_eval(a: argparse.Namespace) -> None:
+    import json as _json
+
+    from foundry_ext.env import set_offline_defaults
+    from foundry_ext.finetune.evaluate import evaluate, table
+    set_offline_defaults()
+    results = [evaluate(m, a.data, a.max_new_tokens, a.limit, a.device) for m in [*a.compare, a.model]]
+    print(table(results))
+    if a.out:
+        from pathlib import Path
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(_json.dumps(results if a.compare else results[0], indent=1) + '\n')
+        print(f'sft-eval results: {a.out}')
+
+
 def _fmt(n: int) -> str:
     return f'{n:,} ({n / 1e9:.2f}B)' if n >= 1e8 else f'{n:,} ({n / 1e6:.2f}M)'
 
@@ -148,6 +186,43 @@ def parser() -> argparse.ArgumentParser:
     from foundry_ext.commands.export import add_arguments
     add_arguments(x)
     x.set_defaults(fn=_export)
+
+    sl = sub.add_parser('show-labels', help='SFT examples with the trained tokens marked, and the trained-token '
+                        'fraction (a yaml, an SFT MDS folder or jsonl)')
+    sl.add_argument('source', help='training yaml (its train_loader), `prep sft` MDS folder, or jsonl file')
+    sl.add_argument('overrides', nargs='*', help='key=value overrides of a yaml')
+    sl.add_argument('--n', type=int, default=3, help='examples to show (default 3)')
+    sl.add_argument('--tokenizer', default=None, help='tokenizer folder (default: the yaml\'s / the MDS\'s)')
+    sl.add_argument('--train_on', default=None, help='last_assistant | all_assistant | everything')
+    sl.add_argument('--split', default=None, help='MDS split (default: the yaml\'s, else the first)')
+    sl.add_argument('--max_seq_len', type=int, default=None)
+    sl.add_argument('--seed', type=int, default=None, help='show a seeded random sample instead of the first n')
+    sl.add_argument('--no_color', action='store_true', help='mark with « » even on a terminal')
+    sl.set_defaults(fn=_show_labels)
+
+    sd = sub.add_parser('sft-data', help='generate the instruction set (records questions, word problems) '
+                        'with a held-out split and its gauntlet tasks')
+    sd.add_argument('--corpus', default='data/corpus')
+    sd.add_argument('--out', default='data/sft')
+    sd.add_argument('--tokenizer', default='data/tokenizer', help='renders the held-out prompts (its chat template, '
+                    'else ChatML)')
+    sd.add_argument('--chat_template', default=None, help='chatml | tokenizer | file | Jinja string')
+    sd.add_argument('--style', default='chat', choices=['chat', 'prompt_response'])
+    sd.add_argument('--seed', type=int, default=17)
+    sd.add_argument('--n_train', type=int, default=3000)
+    sd.add_argument('--n_heldout', type=int, default=200)
+    sd.add_argument('--overwrite', action='store_true')
+    sd.set_defaults(fn=_sft_data)
+
+    se = sub.add_parser('sft-eval', help='held-out exact match and format-following on sft-data questions')
+    se.add_argument('--model', required=True, help='run folder, Composer .pt or HF model folder')
+    se.add_argument('--data', default='data/sft', help='the sft-data folder')
+    se.add_argument('--compare', nargs='*', default=[], help='other models (e.g. before SFT) in the same table')
+    se.add_argument('--max_new_tokens', type=int, default=24)
+    se.add_argument('--limit', type=int, default=None)
+    se.add_argument('--device', default=None)
+    se.add_argument('--out', default=None, help='write the results as JSON')
+    se.set_defaults(fn=_sft_eval)
 
     q = sub.add_parser('params', help='total / active parameters of the model in training yamls')
     q.add_argument('yamls', nargs='+')

@@ -190,16 +190,20 @@ the text field is skipped, counted and shown with its line number; --strict stop
 Each dataset split becomes <out>/<domain>/<split>/ (--split picks one); --domain_field
 splits by a column instead of one --domain.
 """,
-    'sft': """Convert prompt/response or chat-messages jsonl to MDS for LLM Foundry's `finetuning` loader.
+    'sft': """Convert prompt/response or chat-messages jsonl to MDS for the `sft` loader (or `finetuning`).
 
     python data_prep/convert_finetuning_dataset.py --input train=sft/train.jsonl val=sft/val.jsonl \
         --tokenizer data/tokenizer --out data/sft_mds --max_seq_len 512 [--chat_template chatml]
 
-Train with:  train_loader: {name: finetuning, dataset: {remote: data/sft_mds, local: /tmp/sft_cache,
+Train with:  train_loader: {name: sft, dataset: {data: data/sft_mds, split: train, max_seq_len: 512,
+             train_on: all_assistant, packing_ratio: auto}}     (docs/finetune.md)
+or LLM Foundry's loader: {name: finetuning, dataset: {remote: data/sft_mds, local: /tmp/sft_cache,
              split: train, max_seq_len: 512, decoder_only_format: true, shuffle: true}}
-The loss is on response tokens only (the loader masks prompts). Examples longer than
---max_seq_len are counted and truncated by the loader (or dropped with --on_too_long drop);
-records that are not JSON or lack the fields are skipped with their line number (--strict stops).
+Chat rows are rendered with the tokenizer's chat template, else ChatML (written to stats.json and
+saved with the trained model). A bad record (not JSON, missing fields, no assistant turn, rejected
+by the template) stops the conversion with its line number and writes nothing; --skip_bad_records
+skips and counts them. Examples longer than --max_seq_len are truncated by the loader (or dropped
+with --on_too_long drop).
 """,
 }
 
@@ -298,7 +302,7 @@ def hf(argv: list[str] | None = None) -> int:
 
 
 def sft(argv: list[str] | None = None) -> int:
-    """Convert prompt/response or chat-messages jsonl to MDS for LLM Foundry's `finetuning` loader."""
+    """Convert prompt/response or chat-messages jsonl to MDS for the `sft` / LLM Foundry `finetuning` loaders."""
     p = argparse.ArgumentParser(prog='foundry-ext prep sft', description=_DOCS['sft'],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--input', required=True, nargs='+', help='[split=]path.jsonl (.gz/.zst too); default split train')
@@ -307,12 +311,13 @@ def sft(argv: list[str] | None = None) -> int:
     p.add_argument('--overwrite', action='store_true')
     p.add_argument('--max_seq_len', type=int, default=2048)
     p.add_argument('--chat_template', default=None,
-                   help="Jinja file or string, or 'chatml'; default: the tokenizer's, else LLM Foundry's ChatML")
+                   help="Jinja file or string, 'chatml' or 'tokenizer'; default: the tokenizer's, else ChatML")
     p.add_argument('--prompt_field', default='prompt')
     p.add_argument('--response_field', default='response')
     p.add_argument('--messages_field', default='messages')
     p.add_argument('--on_too_long', default='truncate', choices=['truncate', 'drop'])
-    p.add_argument('--strict', action='store_true', help='stop at the first bad record instead of skipping it')
+    p.add_argument('--skip_bad_records', action='store_true',
+                   help='skip bad records (counted, first ones shown) instead of stopping at them')
     p.add_argument('--compression', default=None)
     a = p.parse_args(argv)
     from foundry_ext.prep.finetuning import convert_finetuning, finetuning_table
@@ -322,11 +327,12 @@ def sft(argv: list[str] | None = None) -> int:
                                    max_seq_len=a.max_seq_len, chat_template=a.chat_template,
                                    prompt_field=a.prompt_field, response_field=a.response_field,
                                    messages_field=a.messages_field, on_too_long=a.on_too_long,
-                                   strict=a.strict, overwrite=a.overwrite, compression=a.compression)
+                                   skip_bad_records=a.skip_bad_records, overwrite=a.overwrite,
+                                   compression=a.compression)
     except UserError as e:
         return exit_with(e)
     print(finetuning_table(stats))
-    print(f'wrote {a.out} in {time.time() - t0:.1f}s (chat template: {stats["chat_template"]}); '
+    print(f'wrote {a.out} in {time.time() - t0:.1f}s (chat template: {stats["chat_template_name"]}); '
           f'counts in {Path(a.out) / "stats.json"}')
     return 0
 

@@ -32,12 +32,15 @@ def prepare(argv: list[str]) -> dict[str, Any]:
     from foundry_ext.config.validate import validate
     if not argv or argv[0] in ('-h', '--help'):
         raise UserError(USAGE)
+    from foundry_ext.finetune.config import route_packing
     cfg = load(argv[0], argv[1:])
     validate(cfg)
+    notes = route_packing(cfg)  # packed SFT rows: models that keep the examples apart
     import torch
-    notes = apply_fallbacks(cfg, cuda=torch.cuda.is_available(), flash_attn=has_flash_attn(),
-                            world_size=env.world_size())
-    notes = [f'fallback: {n}' for n in notes] + [f'note: {n}' for n in model_checks(cfg)]
+    notes += apply_fallbacks(cfg, cuda=torch.cuda.is_available(), flash_attn=has_flash_attn(),
+                             world_size=env.world_size())
+    notes = [n if n.startswith('packing:') else f'fallback: {n}' for n in notes]
+    notes += [f'note: {n}' for n in model_checks(cfg)]
     _say(*notes)
     _plan_summary(cfg)
     return cfg

@@ -59,6 +59,8 @@ OWNERS: dict[tuple[str, str], tuple[str, ...]] = {
                                 'foundry_ext.data.corpus_text:check_data'),
     ('ffn', 'torch_dmoe'): ('foundry_ext.models.config:MoEConfig',),
     ('callback', 'model_check'): ('foundry_ext.checkpoint.fit:ModelCheckConfig',),
+    ('callback', 'sft_monitor'): ('foundry_ext.finetune.config:SFTMonitorConfig',),
+    ('loader', 'sft'): ('foundry_ext.finetune.config:SFTLoaderConfig', 'foundry_ext.finetune.config:check_data'),
 }
 
 
@@ -142,7 +144,8 @@ def _check_hf(model: dict, problems: list[str]) -> None:
 
 
 MODEL_CHECKS: dict[str, Callable[[dict, list[str]], None]] = {
-    'mpt_causal_lm': _check_mpt, FOUNDRY_MPT: _check_mpt, 'hf_causal_lm': _check_hf}
+    'mpt_causal_lm': _check_mpt, FOUNDRY_MPT: _check_mpt, 'hf_causal_lm': _check_hf,
+    'foundry_hf_causal_lm': _check_hf}
 
 
 def _check_model(model: dict, problems: list[str]) -> None:
@@ -236,6 +239,10 @@ def _check_loader(loader: Any, where: str, problems: list[str]) -> None:
         check_owned('loader', name, loader, where, problems)
     elif name in ('text', 'finetuning'):
         _check_foundry_loader(loader, where, problems)
+        if name == 'finetuning':
+            from foundry_ext.finetune.config import check_finetuning_rows
+            with in_section(where):
+                collect(problems, check_finetuning_rows, loader)
     else:
         check_name('dataloaders', loader.get('name'), f'{where}.name', problems)
 
@@ -289,6 +296,8 @@ def problems_of(cfg: dict[str, Any]) -> list[str]:
     if isinstance(lp, str) and '://' not in lp and not Path(lp).expanduser().exists():
         problems.append(f'load_path: checkpoint {lp} does not exist; train that run first or point at its '
                         'checkpoints/latest-rank0.pt (a .pt file or a sharded ep*-ba* folder)')
+    from foundry_ext.finetune.config import packing_problems
+    problems += packing_problems(cfg)
     return problems
 
 

@@ -72,6 +72,8 @@ class FoundryAttention(GroupedQueryAttention):
             if key_padding_mask is not None and bool(key_padding_mask.all()):
                 key_padding_mask = None
         b, s, _ = query.shape
+        if attn_bias is not None:  # MPT builds it for max_seq_len: keep its last s rows / key columns, as LLM Foundry
+            attn_bias = attn_bias[:, :, max(0, attn_bias.size(2) - s):, max(0, attn_bias.size(3) - key.shape[1]):]
         hd = query.shape[-1] // n_heads
         out = attention(query.view(b, s, n_heads, hd), key.view(b, s, kv_n_heads, hd),
                         value.view(b, s, kv_n_heads, hd), impl=backend, causal=is_causal,

@@ -423,11 +423,15 @@ def test_finetuning_dataset_for_llmfoundry_loader(tmp_path, tiny_tokenizer):
     recs.append({'prompt': 'word ' * 200, 'response': ' long'})  # prompt fills max_seq_len: no target left
     recs.append({'prompt': 'q', 'response': ' answer ' * 100})  # truncated by the loader
     f = _jsonl(tmp_path / 'sft.jsonl', recs, ['{"prompt": 1}'])
-    s = convert_finetuning([('train', f)], tiny_tokenizer, tmp_path / 'out', max_seq_len=128)['splits']['train']
+    with pytest.raises(UserError, match=r"sft\.jsonl:27: missing field 'response'"):  # bad rows stop it by default
+        convert_finetuning([('train', f)], tiny_tokenizer, tmp_path / 'o2', max_seq_len=128)
+    assert not (tmp_path / 'o2').exists()
+    s = convert_finetuning([('train', f)], tiny_tokenizer, tmp_path / 'out', max_seq_len=128,
+                           skip_bad_records=True)['splits']['train']
     assert (s['read'], s['bad_records'], s['written'], s['dropped_no_target'], s['truncated']) == (27, 1, 25, 1, 1)
     assert s['chat'] == 12 and 'sft.jsonl:27' in s['bad_record_examples'][0]
-    with pytest.raises(UserError, match=r'sft\.jsonl:27 is not a usable example'):
-        convert_finetuning([('train', f)], tiny_tokenizer, tmp_path / 'o2', max_seq_len=128, strict=True)
+    stats = json.loads((tmp_path / 'out' / 'stats.json').read_text())
+    assert stats['chat_template_name'].startswith('chatml') and '<|im_start|>' in stats['chat_template']
     tok = AutoTokenizer.from_pretrained(str(tiny_tokenizer))
     dl = build_finetuning_dataloader(tok, 4, {'remote': str(tmp_path / 'out'), 'local': str(tmp_path / 'cache'),
                                               'split': 'train', 'max_seq_len': 128,
