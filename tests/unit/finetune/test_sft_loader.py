@@ -53,7 +53,8 @@ def test_mds_loader_reads_the_converters_output(tmp_path, tok, tiny_tokenizer):
 def cfg(tmp_path, tiny_tokenizer):
     c = config.load(ROOT / 'yamls' / 'finetune' / 'sft-mpt-cpu.yaml',
                     [f'variables.tokenizer_dir={tiny_tokenizer}', f'variables.data={tmp_path}',
-                     f'variables.load_path={tmp_path}/none.pt'])
+                     f'variables.load_path={tmp_path}/base.pt'])
+    (tmp_path / 'base.pt').write_bytes(b'')   # validation checks that load_path exists, not its content
     c['model']['vocab_size'] = 512
     write_jsonl(tmp_path / 'train.jsonl', CHAT)
     write_jsonl(tmp_path / 'val.jsonl', CHAT[:4])
@@ -129,7 +130,8 @@ def _run(args, cwd=None):
 def test_train_bad_rows_fail_fast_with_one_line(cfg, tmp_path, tiny_tokenizer):
     write_jsonl(tmp_path / 'train.jsonl', CHAT[:2] + [{'messages': [{'role': 'user', 'content': 'no answer'}]}])
     r = _run(['train', str(ROOT / 'yamls' / 'finetune' / 'sft-mpt-cpu.yaml'), f'variables.tokenizer_dir={tiny_tokenizer}',
-              f'variables.data={tmp_path}', f'run_name={tmp_path}/run', 'model.vocab_size=512'])
+              f'variables.data={tmp_path}', f'run_name={tmp_path}/run', 'model.vocab_size=512',
+              f'variables.load_path={tmp_path}/base.pt'])
     assert r.returncode == 2 and 'Traceback' not in r.stderr
     [line] = [x for x in r.stderr.splitlines() if x.startswith('error:')]
     assert 'train.jsonl:3: no assistant message: nothing to train on' in line
