@@ -51,8 +51,10 @@ demo: $(STAMP) data eval-data
 	$(BIN)/foundry-ext report runs/demo
 	$(BIN)/foundry-ext mixplot runs/demo
 	$(BIN)/composer scripts/eval.py yamls/eval/starter.yaml
+	$(BIN)/foundry-ext export runs/demo runs/demo/hf --overwrite
 	@echo "demo finished: report at runs/demo/report.md (loss curve runs/demo/loss_curve.png),"
-	@echo "               mix weights runs/demo/mix_weights.png, gauntlet runs/demo/gauntlet/report.md"
+	@echo "               mix weights runs/demo/mix_weights.png, gauntlet runs/demo/gauntlet/report.md,"
+	@echo "               verified Hugging Face model runs/demo/hf (re-running the demo resumes: nothing to redo)"
 
 test: lint
 	$(BIN)/python -m pytest -q
