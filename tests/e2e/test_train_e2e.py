@@ -66,7 +66,8 @@ def test_two_cpu_processes(tiny_tokenizer, tiny_mds, tmp_path):
                'interval: 2ba, eval_at_fit_end: false}'
     r = subprocess.run([composer, '-n', '2', 'scripts/train.py', YAML,
                         *_overrides(tiny_tokenizer, tiny_mds, run, max_duration='4ba', eval_interval='4ba',
-                                    save_interval='4ba', precision='amp_bf16'), f'callbacks.gauntlet={gauntlet}'],
+                                    save_interval='4ba', precision='amp_bf16', **{'scheduler.t_warmup': '2ba'}),
+                        f'callbacks.gauntlet={gauntlet}'],
                        cwd=ROOT, capture_output=True, text=True, timeout=1200)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
