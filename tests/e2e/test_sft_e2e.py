@@ -35,8 +35,6 @@ def sft_data(tiny_corpus, tiny_tokenizer, tmp_path_factory):
     return out
 
 
-@pytest.mark.xfail(reason='after the resume/export merge the checkpoint no longer holds '
-                   "integrations.huggingface.tokenizer.tokenizer_config (KeyError); not yet investigated", strict=False)
 def test_sft_mpt_packed_from_jsonl(sft_data, tiny_tokenizer, tmp_path):
     run = tmp_path / 'sft-mpt'
     r = _run(['scripts/train.py', 'yamls/finetune/sft-mpt-cpu.yaml',
@@ -45,7 +43,7 @@ def test_sft_mpt_packed_from_jsonl(sft_data, tiny_tokenizer, tmp_path):
     assert 'examples/row (auto)' in r.stderr and 'chat template chatml' in r.stderr
     ck = max((run / 'checkpoints').glob('ep*-rank0.pt'), key=lambda p: p.stat().st_mtime)   # beside latest-rank0.pt
     hf = torch.load(ck, map_location='cpu', weights_only=False)['state']['integrations']['huggingface']
-    assert '<|im_start|>' in hf['tokenizer']['tokenizer_config']['content']['chat_template']  # saved with the model
+    assert '<|im_start|>' in hf['tokenizer']['tokenizer_config.json']['content']['chat_template']  # saved with the model
     r = _run(['-m', 'foundry_ext', 'sft-eval', '--model', str(run), '--data', str(sft_data), '--out',
               str(tmp_path / 'eval.json')])
     assert 'record_field' in r.stdout and 'word_problem' in r.stdout and (tmp_path / 'eval.json').is_file()
