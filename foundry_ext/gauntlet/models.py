@@ -158,12 +158,13 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 def load_composer_checkpoint(path: str | Path, tokenizer_dir: Optional[str] = None,
                              device: Optional[str] = None, max_seq_len: Optional[int] = None) -> LoadedModel:
     """Rebuild an LLM Foundry / HF model from a Composer checkpoint's embedded HF config + weights."""
-    import torch
     path = Path(path)
     if not path.is_file():
         raise UserError(f'checkpoint {path} not found')
+    from foundry_ext.safeload import safe_load
     try:
-        state = torch.load(path, map_location='cpu', weights_only=False)['state']
+        # never unpickle arbitrary objects from a checkpoint (weights_only + the allow-list)
+        state = safe_load(path)['state']
         hf = state['integrations']['huggingface']
         cfg = dict(hf['model']['config']['content'])
     except (KeyError, TypeError, RuntimeError, EOFError) as e:
