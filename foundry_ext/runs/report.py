@@ -151,9 +151,34 @@ def write_report(run_dir: str | Path, mds_root: str | Path | None = None,
         from foundry_ext.runs.forgetting import forgetting_lines, is_continued
         if is_continued(hparams) or new_domains:
             lines += forgetting_lines(s['eval'], hparams, new_domains)
+    lines += _sft_eval_lines(run / 'sft_eval.json')
     lines += ['![loss curve](loss_curve.png)', '']
     out = run / 'report.md'
     tmp = out.with_suffix('.md.tmp')
     tmp.write_text('\n'.join(lines))
     tmp.replace(out)
     return out
+
+
+def _sft_eval_lines(path: Path) -> list[str]:
+    """The held-out instruction-following table of ``foundry-ext sft-eval --out <run>/sft_eval.json``
+    (one row per model and task: before SFT first when it was run with ``--compare``)."""
+    if not path.is_file():
+        return []
+    try:
+        res = json.loads(path.read_text())
+    except ValueError:
+        return [f'({path.name} is not valid JSON; re-run `foundry-ext sft-eval --out {path}`)', '']
+    rows = res if isinstance(res, list) else [res]
+    lines = ['## Held-out instruction following (`foundry-ext sft-eval`)', '',
+             '| model | task | n | exact match | format | strict |', '|---|---|---|---|---|---|']
+    for r in rows:
+        per = dict(r.get('tasks') or {})
+        per['all'] = {k: r.get(k, math.nan) for k in ('exact_match', 'format', 'strict')} | {'n': r.get('n', 0)}
+        for task, d in per.items():
+            lines.append(f"| {r.get('model', '?')} | {task} | {d.get('n', 0)} | {d.get('exact_match', math.nan):.3f} | "
+                         f"{d.get('format', math.nan):.3f} | {d.get('strict', math.nan):.3f} |")
+    lines += ['', 'Exact match: the greedy answer, cut at the end-of-turn marker or a newline, starts with the '
+              'answer after normalization (the gauntlet\'s `generation_task_with_answers` metric). Format: the '
+              'model ended its turn and wrote one answer of the asked-for shape and nothing else. Strict: both.', '']
+    return lines

@@ -40,3 +40,19 @@ def test_report_writes_the_section(tmp_path):
     assert '## Before and after this run' in text and 'worst arithmetic' in text
     text = write_report(tmp_path, new_domains=['arithmetic']).read_text()
     assert '| arithmetic | new |' in text
+
+
+def test_report_shows_sft_eval_before_and_after(tmp_path):
+    (tmp_path / 'metrics.jsonl').write_text(json.dumps({'step': 1, 'loss/train/total': 3.0}) + '\n')
+    res = [{'model': 'runs/demo/hf', 'n': 4, 'exact_match': 0.0, 'format': 0.25, 'strict': 0.0,
+            'tasks': {'word_problem': {'n': 4, 'exact_match': 0.0, 'format': 0.25, 'strict': 0.0}}},
+           {'model': 'runs/demo-sft/hf', 'n': 4, 'exact_match': 0.5, 'format': 1.0, 'strict': 0.5,
+            'tasks': {'word_problem': {'n': 4, 'exact_match': 0.5, 'format': 1.0, 'strict': 0.5}}}]
+    (tmp_path / 'sft_eval.json').write_text(json.dumps(res))
+    text = write_report(tmp_path).read_text()
+    assert '## Held-out instruction following' in text
+    before, after = text.index('| runs/demo/hf | all | 4 | 0.000 | 0.250 | 0.000 |'), text.index(
+        '| runs/demo-sft/hf | all | 4 | 0.500 | 1.000 | 0.500 |')
+    assert before < after and '| runs/demo-sft/hf | word_problem | 4 | 0.500 |' in text
+    (tmp_path / 'sft_eval.json').write_text('{oops')
+    assert 'is not valid JSON' in write_report(tmp_path).read_text()
