@@ -50,15 +50,27 @@ $(DATA)/eval/starter/manifest.json: $(DATA)/corpus/manifest.json foundry_ext/gau
 
 eval-data: $(DATA)/eval/starter/manifest.json
 
-demo: $(STAMP) data eval-data
-	$(BIN)/composer scripts/train.py yamls/pretrain/tiny-mix-cpu.yaml run_name=demo
+# The ladder on CPU (docs/finetune.md): pretrain a tiny Llama-architecture model on a curriculum data mix ->
+# a verified HF folder -> starter gauntlet -> SFT of that HF folder on the generated instruction set -> a verified
+# HF folder -> held-out exact match (gauntlet) and format-following, before vs after SFT.
+SFT_BATCHES ?= 60
+demo: $(STAMP) data eval-data sft-data
+	$(BIN)/python scripts/train.py yamls/pretrain/tiny-mix-cpu.yaml run_name=demo
 	$(BIN)/foundry-ext report runs/demo
 	$(BIN)/foundry-ext mixplot runs/demo
-	$(BIN)/composer scripts/eval.py yamls/eval/starter.yaml
 	$(BIN)/foundry-ext export runs/demo runs/demo/hf --overwrite
-	@echo "demo finished: report at runs/demo/report.md (loss curve runs/demo/loss_curve.png),"
-	@echo "               mix weights runs/demo/mix_weights.png, gauntlet runs/demo/gauntlet/report.md,"
-	@echo "               verified Hugging Face model runs/demo/hf (re-running the demo resumes: nothing to redo)"
+	$(BIN)/python scripts/eval.py yamls/eval/starter.yaml 'model={hf_path: runs/demo/hf}'
+	$(BIN)/python scripts/train.py yamls/finetune/sft-hf-cpu.yaml run_name=demo-sft variables.model_dir=runs/demo/hf \
+		max_duration=$(SFT_BATCHES)ba eval_interval=$(SFT_BATCHES)ba optimizer.lr=3.0e-3 scheduler.t_warmup=6ba
+	$(BIN)/foundry-ext export runs/demo-sft runs/demo-sft/hf --overwrite
+	$(BIN)/python scripts/eval.py yamls/eval/sft.yaml
+	$(BIN)/foundry-ext sft-eval --model runs/demo-sft/hf --compare runs/demo/hf --out runs/demo-sft/sft_eval.json
+	$(BIN)/foundry-ext report runs/demo-sft
+	@echo "demo finished: pretraining runs/demo/report.md (loss curve, mix weights runs/demo/mix_weights.png),"
+	@echo "               starter gauntlet runs/demo/gauntlet/report.md, HF model runs/demo/hf;"
+	@echo "               SFT runs/demo-sft/report.md (held-out exact match and format, before/after),"
+	@echo "               gauntlet before/after runs/demo-sft/gauntlet/report.md, HF model runs/demo-sft/hf"
+	@echo "               (re-running the demo resumes: finished runs are not redone)"
 
 test: lint
 	$(BIN)/python -m pytest -q
