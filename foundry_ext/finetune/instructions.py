@@ -235,6 +235,7 @@ def _tasks_yaml(folder: Path, stops: list[str]) -> str:
         lines += [f'- label: sft_{task}', f'  dataset_uri: {folder / f"sft_{task}.jsonl"}',
                   '  icl_task_type: generation_task_with_answers', '  num_fewshot: [0]',
                   '  strip_dataset: false          # the context ends with the template\'s generation prompt',
+                  "  continuation_delimiter: ''    # LLM Foundry's default ' ' would follow that prompt with a space",
                   f'  early_stopping_criteria: {json.dumps(stops)}',
                   '  generation_kwargs: {max_new_tokens: 24}']
     return '\n'.join(lines) + '\n'
