@@ -16,14 +16,11 @@ DATA      ?= data
 venv: $(STAMP)
 
 # Rebuilt from scratch whenever the lock (or the package metadata) changes; never resolves.
-# --compile-bytecode: .pyc files written once here. Where PYTHONDONTWRITEBYTECODE=1 (this machine) no
-# process caches its own, and every `scripts/train.py` recompiled torch/composer/llmfoundry: import
-# llmfoundry 48 s -> 20 s per process (costs ~2-3 min here, once per venv).
 $(STAMP): requirements.lock pyproject.toml
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv
-	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -r requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
