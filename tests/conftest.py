@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,11 @@ os.environ['PYTHONPATH'] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('WANDB_MODE', 'offline')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+# The image sets PYTHONDONTWRITEBYTECODE=1, so each test subprocess (~40 train/torchrun processes) recompiled
+# torch/composer/llmfoundry (import llmfoundry ~48 s instead of ~20 s here). As under `make test` (the Makefile
+# unexports it), this session and its subprocesses cache bytecode, also when pytest is run directly.
+os.environ.pop('PYTHONDONTWRITEBYTECODE', None)
+sys.dont_write_bytecode = False
 
 TINY_VOCAB = 512
 TINY_SEQ = 64
@@ -43,6 +49,20 @@ def tiny_mds(tiny_corpus, tiny_tokenizer):
     out = tiny_corpus.parent / 'mds'
     convert_to_mds(tiny_corpus, tiny_tokenizer, out, concat_tokens=TINY_SEQ)
     return out
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """`python -m foundry_ext <args>` in this process, as a CompletedProcess (returncode, stdout, stderr):
+    no subprocess start-up (~20 s of imports here). Only for verbs that neither train nor handle signals
+    (report, export, sft-data, sft-eval, eval); training and multi-process runs stay subprocesses."""
+    import contextlib
+    import io
+
+    from foundry_ext.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 
 def tree_digest(folder) -> str:

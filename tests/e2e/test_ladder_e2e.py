@@ -2,14 +2,13 @@
 export it, LoRA on the exported folder (with LLM Foundry's hf_checkpointer on), export --merge; continued
 pretraining from the Composer checkpoint (load_path, weights only) and a load_path that does not fit."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY_SEQ, TINY_VOCAB
+from conftest import ROOT, TINY_SEQ, TINY_VOCAB, run_cli
 
 pytestmark = pytest.mark.slow
 TINY = {'model.d_model': 64, 'model.n_layers': 2, 'model.attn_config.kv_n_heads': 2, 'model.ffn_config.ffn_hidden_size': 128,
@@ -33,8 +32,7 @@ def base(tiny_tokenizer, tiny_mds, tmp_path_factory):
         'train_loader.dataset.domains': '[code,prose,arithmetic]', 'max_duration': '8ba', 'eval_interval': '8ba',
         'save_interval': '8ba'})
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, '-m', 'foundry_ext', 'export', str(run), str(run / 'hf')], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600, env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+    r = run_cli('export', run, run / 'hf')
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'verified: max |logit diff|' in r.stdout and 'no trust_remote_code needed' in r.stdout, r.stdout
     return run
@@ -102,8 +100,7 @@ def test_continued_pretraining_from_the_checkpoint(base, tiny_tokenizer, tiny_md
     base_code = [x['metrics/eval/code/LanguageCrossEntropy'] for x in base_rows
                  if 'metrics/eval/code/LanguageCrossEntropy' in x][-1]
     assert first['metrics/eval/code/LanguageCrossEntropy'] == pytest.approx(base_code, abs=1e-4)
-    r = subprocess.run([sys.executable, '-m', 'foundry_ext', 'report', str(run)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    r = run_cli('report', run)
     assert r.returncode == 0, r.stderr
     text = (run / 'report.md').read_text()
     assert '| records | new |' in text and 'Forgetting on the old domains' in text

@@ -3,7 +3,6 @@ across 1 and 2 ranks and 0 and 2 DataLoader workers, plain and adaptive (subproc
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 
@@ -14,7 +13,10 @@ from conftest import ROOT, TINY_SEQ, TINY_VOCAB
 pytestmark = pytest.mark.slow
 YAML = str(ROOT / 'yamls' / 'pretrain' / 'tiny-mix-cpu.yaml')
 STEPS = 8
-COMPOSER = os.path.join(os.path.dirname(sys.executable), 'composer')
+# torchrun sets the RANK/WORLD_SIZE/MASTER_* that `composer -n` sets, without importing composer in the launcher
+# too (~17 s here); the composer launcher itself is under test in test_train_e2e.py and test_preempt_dist.py
+TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node']
+TORCHRUN_ENV = {**os.environ, 'NODE_RANK': '0'}      # Composer's dist wants it; `composer -n` sets it, torchrun not
 
 
 def _run(tok, mds, run_dir, ranks=1, workers=0, extra=()):
@@ -27,9 +29,9 @@ def _run(tok, mds, run_dir, ranks=1, workers=0, extra=()):
          'scheduler.t_warmup': '2ba', 'train_loader.num_workers': workers,
          'callbacks.mix_logger.record_samples': f'{run_dir}/ids', 'callbacks.mix_logger.log_interval': 1}
     args = [f'{k}={v}' for k, v in o.items()] + list(extra)
-    launcher = [COMPOSER, '-n', str(ranks)] if ranks > 1 else [sys.executable]
+    launcher = [*TORCHRUN, str(ranks)] if ranks > 1 else [sys.executable]
     r = subprocess.run([*launcher, 'scripts/train.py', YAML, *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=1200)
+                       timeout=1200, env=TORCHRUN_ENV)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     return run_dir
 
@@ -49,8 +51,6 @@ def _weights(run_dir):
     return {r['step']: {k: v for k, v in r.items() if k.endswith('/weight')} for r in rows if 'mix/code/weight' in r}
 
 
-@pytest.mark.skipif(shutil.which('composer', path=os.path.dirname(sys.executable)) is None,
-                    reason='composer launcher not installed')
 def test_resume_plain_schedule_across_ranks_and_workers(tiny_tokenizer, tiny_mds, tmp_path):
     full = _run(tiny_tokenizer, tiny_mds, tmp_path / 'full', ranks=1, workers=0)
     ref = _ids(full)

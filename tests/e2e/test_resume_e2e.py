@@ -1,4 +1,5 @@
-"""Re-running the train command: SIGTERM saves and exits 75, the re-run resumes, a finished run exits 0."""
+"""Re-running the train command: SIGTERM saves and exits 75, SIGINT during an evaluation saves and exits 75,
+the re-run resumes (replaying the interrupted evaluation), a finished run exits 0."""
 import json
 import os
 import subprocess
@@ -30,7 +31,10 @@ def _run(cmd, fault=''):
     return r
 
 
-def test_sigterm_saves_and_rerun_resumes(tiny_tokenizer, tiny_mds, tmp_path):
+def test_sigterm_saves_sigint_during_eval_replays_and_reruns_resume(tiny_tokenizer, tiny_mds, tmp_path):
+    """One run, re-run after each stop: SIGTERM mid-step (checkpoint, exit 75), the re-run resumes and gets
+    SIGINT during an evaluation (exit 75), the next re-run replays that evaluation and finishes, the last
+    one finds the run finished. (One chain instead of a SIGTERM run and a SIGINT run: one start-up less.)"""
     run = tmp_path / 'run'
     cmd = _cmd(tiny_tokenizer, tiny_mds, run)
     r = _run(cmd, 'term@step:2')      # SIGTERM in the middle of the third step
@@ -39,25 +43,17 @@ def test_sigterm_saves_and_rerun_resumes(tiny_tokenizer, tiny_mds, tmp_path):
     assert 'at step 3' in line and 'ep0-ba3-rank0.pt saved' in line and 'exit code 75' in line
     assert (run / 'checkpoints' / 'ep0-ba3-rank0.pt.manifest.json').is_file()
     assert not list((run / 'checkpoints').glob('.tmp-*'))
+    r = _run(cmd, 'int@eval:4')       # the re-run resumes at step 3; SIGINT during the evaluation at step 4
+    assert r.returncode == 75, r.stderr[-3000:]
+    (line,) = [x for x in r.stderr.splitlines() if 'resuming run' in x]
+    assert 'ep0-ba3-rank0.pt at step 3' in line, line
+    assert 'stopped by SIGINT during the evaluation at step 4' in r.stderr, r.stderr[-3000:]
     r = _run(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
-    (line,) = [x for x in r.stderr.splitlines() if 'resuming run' in x]
-    assert 'ep0-ba3-rank0.pt at step 3' in line
+    assert 'first the evaluation at step 4' in r.stderr, r.stderr[-3000:]
     rows = [json.loads(x) for x in (run / 'metrics.jsonl').read_text().splitlines()]
     assert [x['step'] for x in rows if 'loss/train/total' in x] == list(range(8))
-    assert [x['step'] for x in rows if 'metrics/eval/code/LanguageCrossEntropy' in x] == [0, 4, 8]
-    r = _run(cmd)
-    assert r.returncode == 0 and 'already finished' in r.stderr and 'at step 8' in r.stderr
-
-
-def test_sigint_during_eval_replays_it(tiny_tokenizer, tiny_mds, tmp_path):
-    run = tmp_path / 'run'
-    cmd = _cmd(tiny_tokenizer, tiny_mds, run)
-    r = _run(cmd, 'int@eval:4')
-    assert r.returncode == 75, r.stderr[-3000:]
-    assert 'stopped by SIGINT during the evaluation at step 4' in r.stderr
-    r = _run(cmd)
-    assert r.returncode == 0 and 'first the evaluation at step 4' in r.stderr, r.stderr[-3000:]
-    rows = [json.loads(x) for x in (run / 'metrics.jsonl').read_text().splitlines()]
     for label in ('code', 'prose', 'arithmetic', 'records'):
-        assert [x['step'] for x in rows if f'metrics/eval/{label}/LanguageCrossEntropy' in x] == [0, 4, 8]
+        assert [x['step'] for x in rows if f'metrics/eval/{label}/LanguageCrossEntropy' in x] == [0, 4, 8], label
+    r = _run(cmd)
+    assert r.returncode == 0 and 'already finished' in r.stderr and 'at step 8' in r.stderr, r.stderr[-3000:]

@@ -7,13 +7,20 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY_VOCAB
+from conftest import ROOT, TINY_VOCAB, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def _run(args, timeout=600):
     r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    return r
+
+
+def _cli(*args):
+    """The verbs that do not train (sft-data, sft-eval, eval) in this process: no ~20 s start-up each."""
+    r = run_cli(*args)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     return r
 
@@ -30,8 +37,8 @@ def _common(run, data, **extra):
 @pytest.fixture(scope='module')
 def sft_data(tiny_corpus, tiny_tokenizer, tmp_path_factory):
     out = tmp_path_factory.mktemp('sft') / 'data'
-    _run(['-m', 'foundry_ext', 'sft-data', '--corpus', str(tiny_corpus), '--tokenizer', str(tiny_tokenizer),
-          '--out', str(out), '--n_train', '120', '--n_heldout', '16'])
+    _cli('sft-data', '--corpus', tiny_corpus, '--tokenizer', tiny_tokenizer, '--out', out, '--n_train', '120',
+         '--n_heldout', '16')
     return out
 
 
@@ -44,13 +51,12 @@ def test_sft_mpt_packed_from_jsonl(sft_data, tiny_tokenizer, tmp_path):
     ck = max((run / 'checkpoints').glob('ep*-rank0.pt'), key=lambda p: p.stat().st_mtime)   # beside latest-rank0.pt
     hf = torch.load(ck, map_location='cpu', weights_only=False)['state']['integrations']['huggingface']
     assert '<|im_start|>' in hf['tokenizer']['tokenizer_config.json']['content']['chat_template']  # saved with the model
-    r = _run(['-m', 'foundry_ext', 'sft-eval', '--model', str(run), '--data', str(sft_data), '--out',
-              str(tmp_path / 'eval.json')])
+    r = _cli('sft-eval', '--model', run, '--data', sft_data, '--out', tmp_path / 'eval.json')
     assert 'record_field' in r.stdout and 'word_problem' in r.stdout and (tmp_path / 'eval.json').is_file()
     g = sft_data / 'gauntlet'
-    r = _run(['scripts/eval.py', 'yamls/eval/starter.yaml', f'model={{run_dir: {run}}}',
-              f'icl_tasks={g}/tasks.yaml', f'eval_gauntlet={g}/gauntlet.yaml', f'output_dir={tmp_path}/g',
-              f'cache_dir={tmp_path}/gc', 'bootstrap_samples=50'])
+    r = _cli('eval', ROOT / 'yamls' / 'eval' / 'starter.yaml', f'model={{run_dir: {run}}}',
+             f'icl_tasks={g}/tasks.yaml', f'eval_gauntlet={g}/gauntlet.yaml', f'output_dir={tmp_path}/g',
+             f'cache_dir={tmp_path}/gc', 'bootstrap_samples=50')
     assert 'sft_record_field' in r.stdout and (tmp_path / 'g' / 'results.json').is_file()
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY_SEQ, TINY_VOCAB
+from conftest import ROOT, TINY_SEQ, TINY_VOCAB, run_cli
 
 pytestmark = pytest.mark.slow
 YAML = str(ROOT / 'yamls' / 'pretrain' / 'tiny-cpu.yaml')
@@ -46,8 +46,7 @@ def test_single_process_run_learns_and_reports(tiny_tokenizer, tiny_mds, tmp_pat
         assert (s0, s1) == (0, 60)
         assert last < 0.8 * first, (domain, first, last)
     assert list((run / 'checkpoints').glob('*.pt'))
-    r = subprocess.run([sys.executable, '-m', 'foundry_ext', 'report', str(run), '--mds', str(tiny_mds)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = run_cli('report', run, '--mds', tiny_mds)
     assert r.returncode == 0, r.stderr
     report = (run / 'report.md').read_text()
     assert '| records |' in report and (run / 'loss_curve.png').stat().st_size > 10_000
