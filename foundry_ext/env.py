@@ -12,6 +12,15 @@ def set_offline_defaults() -> None:
     os.environ.setdefault('TRANSFORMERS_OFFLINE', os.environ['HF_HUB_OFFLINE'])
     os.environ.setdefault('WANDB_MODE', 'offline')
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    launcher_defaults()
+
+
+def launcher_defaults() -> None:
+    """torchrun describes a process with RANK / LOCAL_RANK / GROUP_RANK; Composer also wants
+    NODE_RANK (``composer -n`` sets it), and would stop with MissingEnvironmentError: take torchrun's
+    node rank (GROUP_RANK) for it."""
+    if 'WORLD_SIZE' in os.environ and 'NODE_RANK' not in os.environ and 'GROUP_RANK' in os.environ:
+        os.environ['NODE_RANK'] = os.environ['GROUP_RANK']
 
 
 def rank() -> int:

@@ -16,7 +16,7 @@ STEPS = 8
 # torchrun sets the RANK/WORLD_SIZE/MASTER_* that `composer -n` sets, without importing composer in the launcher
 # too (~17 s here); the composer launcher itself is under test in test_train_e2e.py and test_preempt_dist.py
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node']
-TORCHRUN_ENV = {**os.environ, 'NODE_RANK': '0'}      # Composer's dist wants it; `composer -n` sets it, torchrun not
+TORCHRUN_ENV = {k: v for k, v in os.environ.items() if k != 'NODE_RANK'}   # plain torchrun (env.launcher_defaults)
 
 
 def _run(tok, mds, run_dir, ranks=1, workers=0, extra=()):
