@@ -61,7 +61,7 @@ demo: $(STAMP) data eval-data sft-data
 	$(BIN)/foundry-ext export runs/demo runs/demo/hf --overwrite
 	$(BIN)/python scripts/eval.py yamls/eval/starter.yaml 'model={hf_path: runs/demo/hf}'
 	$(BIN)/python scripts/train.py yamls/finetune/sft-hf-cpu.yaml run_name=demo-sft variables.model_dir=runs/demo/hf \
-		max_duration=$(SFT_BATCHES)ba eval_interval=$(SFT_BATCHES)ba optimizer.lr=3.0e-3 scheduler.t_warmup=6ba
+		max_duration=$(SFT_BATCHES)ba eval_interval=$(SFT_BATCHES)ba eval_first=true optimizer.lr=3.0e-3 scheduler.t_warmup=6ba
 	$(BIN)/foundry-ext export runs/demo-sft runs/demo-sft/hf --overwrite
 	$(BIN)/python scripts/eval.py yamls/eval/sft.yaml
 	$(BIN)/foundry-ext sft-eval --model runs/demo-sft/hf --compare runs/demo/hf --out runs/demo-sft/sft_eval.json

@@ -13,7 +13,7 @@ from typing import Any
 
 from foundry_ext.errors import UserError
 
-_EVAL = re.compile(r'^metrics/eval/(?P<label>[^/]+)/LanguageCrossEntropy$')
+_EVAL = re.compile(r'^metrics/eval/(?:(?P<label>[^/]+)/)?LanguageCrossEntropy$')   # no label: one eval_loader
 TRAIN_LOSS = 'loss/train/total'
 
 
@@ -63,7 +63,7 @@ def summarize(rows: list[dict]) -> dict:
                 train.append((step, float(v)))
             m = _EVAL.match(k)
             if m:
-                evals.setdefault(m['label'], []).append((step, float(v)))
+                evals.setdefault(m['label'] or 'eval', []).append((step, float(v)))
     return {'train': train, 'eval': evals}
 
 
@@ -142,8 +142,9 @@ def write_report(run_dir: str | Path, mds_root: str | Path | None = None,
             base = baselines.get(label, math.nan)
             first, last = pts[0], pts[-1]
             ratio = last[1] / base if base == base else math.nan
-            lines.append(f'| {label} | {base:.3f} | {first[1]:.3f} (batch {first[0]}) | '
-                         f'{last[1]:.3f} (batch {last[0]}) | {ratio:.2f} |')
+            b_s, r_s = (f'{base:.3f}', f'{ratio:.2f}') if base == base else ('n/a', 'n/a')
+            lines.append(f'| {label} | {b_s} | {first[1]:.3f} (batch {first[0]}) | '
+                         f'{last[1]:.3f} (batch {last[0]}) | {r_s} |')
         lines.append('')
         lines.append('Losses are cross-entropy in nats per token. The unigram baseline is the loss of '
                      'a model that predicts every token from its training-set frequency alone.')

@@ -43,7 +43,9 @@ def test_report_writes_the_section(tmp_path):
 
 
 def test_report_shows_sft_eval_before_and_after(tmp_path):
-    (tmp_path / 'metrics.jsonl').write_text(json.dumps({'step': 1, 'loss/train/total': 3.0}) + '\n')
+    rows = [{'step': 1, 'loss/train/total': 3.0}, {'step': 0, 'metrics/eval/LanguageCrossEntropy': 6.9},
+            {'step': 60, 'metrics/eval/LanguageCrossEntropy': 0.7}]        # one unlabeled eval_loader
+    (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     res = [{'model': 'runs/demo/hf', 'n': 4, 'exact_match': 0.0, 'format': 0.25, 'strict': 0.0,
             'tasks': {'word_problem': {'n': 4, 'exact_match': 0.0, 'format': 0.25, 'strict': 0.0}}},
            {'model': 'runs/demo-sft/hf', 'n': 4, 'exact_match': 0.5, 'format': 1.0, 'strict': 0.5,
@@ -51,6 +53,7 @@ def test_report_shows_sft_eval_before_and_after(tmp_path):
     (tmp_path / 'sft_eval.json').write_text(json.dumps(res))
     text = write_report(tmp_path).read_text()
     assert '## Held-out instruction following' in text
+    assert '| eval | n/a | 6.900 (batch 0) | 0.700 (batch 60) | n/a |' in text
     before, after = text.index('| runs/demo/hf | all | 4 | 0.000 | 0.250 | 0.000 |'), text.index(
         '| runs/demo-sft/hf | all | 4 | 0.500 | 1.000 | 0.500 |')
     assert before < after and '| runs/demo-sft/hf | word_problem | 4 | 0.500 |' in text
