@@ -12,7 +12,6 @@ def set_offline_defaults() -> None:
     os.environ.setdefault('TRANSFORMERS_OFFLINE', os.environ['HF_HUB_OFFLINE'])
     os.environ.setdefault('WANDB_MODE', 'offline')
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-    launcher_defaults()
 
 
 def launcher_defaults() -> None:

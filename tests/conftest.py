@@ -61,7 +61,10 @@ def run_cli(*args) -> subprocess.CompletedProcess:
     from foundry_ext.cli import main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:          # argparse usage errors exit instead of returning
+            rc = e.code if isinstance(e.code, int) else 1
     return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
 
 

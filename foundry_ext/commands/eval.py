@@ -113,6 +113,7 @@ def run(cfg: EvalConfig, log: Callable[[str], None] = print) -> Any:
 
 def main(argv: Optional[list[str]] = None) -> int:
     env.set_offline_defaults()
+    env.launcher_defaults()   # torchrun sets no NODE_RANK, which Composer needs
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = prepare(argv)

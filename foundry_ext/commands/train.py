@@ -89,6 +89,7 @@ def _plan_summary(cfg: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     env.set_offline_defaults()
+    env.launcher_defaults()   # torchrun sets no NODE_RANK, which Composer needs
     debug, argv = guard.pop_debug(sys.argv[1:] if argv is None else argv)
     try:
         cfg = prepare(argv)

@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+from foundry_ext.safeload import safe_load
+
 from conftest import ROOT, TINY_VOCAB, run_cli
 
 pytestmark = pytest.mark.slow
@@ -49,7 +51,7 @@ def test_sft_mpt_packed_from_jsonl(sft_data, tiny_tokenizer, tmp_path):
                                          'model.vocab_size': TINY_VOCAB, 'model.d_model': 64, 'model.n_layers': 2})])
     assert 'examples/row (auto)' in r.stderr and 'chat template chatml' in r.stderr
     ck = max((run / 'checkpoints').glob('ep*-rank0.pt'), key=lambda p: p.stat().st_mtime)   # beside latest-rank0.pt
-    hf = torch.load(ck, map_location='cpu', weights_only=False)['state']['integrations']['huggingface']
+    hf = safe_load(ck)['state']['integrations']['huggingface']     # the gauntlet reads it the same safe way
     assert '<|im_start|>' in hf['tokenizer']['tokenizer_config.json']['content']['chat_template']  # saved with the model
     r = _cli('sft-eval', '--model', run, '--data', sft_data, '--out', tmp_path / 'eval.json')
     assert 'record_field' in r.stdout and 'word_problem' in r.stdout and (tmp_path / 'eval.json').is_file()
